@@ -1,0 +1,1 @@
+"""Recurring maintenance jobs (cron). Must not import migrate/."""

@@ -1,0 +1,1 @@
+"""One-off migrations of the workflow removal. Deleted one day; maint/ must not import it."""

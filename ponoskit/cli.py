@@ -1,0 +1,110 @@
+"""What the two command groups share: options, logging, progress bars, errors to exit codes.
+
+Only this layer turns typed errors into a one-line message and an exit code:
+0 done, 1 the job ran but something is left (listed in the report), 2 bad usage or
+configuration (nothing changed), 3 another run holds the lock.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+import time
+from typing import Callable, Optional
+
+import click
+from tqdm import tqdm
+
+from .connections import redact
+from .errors import PonosError
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": redact(record.getMessage()),
+        }, ensure_ascii=False)
+
+
+class _RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def setup_logging(verbosity: int = 0, fmt: str = "text") -> None:
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_JsonFormatter() if fmt == "json" else
+                         _RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # botocore logs every retry at DEBUG; keep our -v readable.
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(max(level, logging.INFO))
+
+
+def progress(total: Optional[int] = None, desc: str = "", unit: str = "it") -> tqdm:
+    """A tqdm bar on a terminal, nothing when stderr is not one (cron, CI, pipes)."""
+    return tqdm(total=total, desc=desc, unit=unit, disable=not sys.stderr.isatty(),
+                dynamic_ncols=True, smoothing=0.1, leave=False)
+
+
+def run_job(fn: Callable[..., int]) -> Callable[..., None]:
+    """Wrap a click command body: typed errors become a one-line message and an exit code."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            code = fn(*args, **kwargs)
+        except PonosError as err:
+            click.echo(f"Error: {redact(str(err))}", err=True)
+            sys.exit(err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: run again to resume.", err=True)
+            sys.exit(130)
+        sys.exit(code or EXIT_OK)
+    return wrapper
+
+
+# --- shared options ---------------------------------------------------------------------
+
+def dsn_option(f):
+    return click.option("--dsn", envvar=None, default=None, metavar="DSN",
+                        help="PostgreSQL DSN; default DATABASE_URL, else libpq's PG* variables.")(f)
+
+
+def s3_options(f):
+    f = click.option("--endpoint-url", default=None, metavar="URL",
+                     help="S3 endpoint (MinIO, SeaweedFS); default: the AWS configuration "
+                          "(AWS_ENDPOINT_URL, profiles). Path-style addressing is used with an endpoint.")(f)
+    f = click.option("--profile", default=None, help="AWS profile name.")(f)
+    return f
+
+
+def bucket_options(f):
+    f = click.option("--artifacts-bucket", default=None, metavar="NAME", help="Bucket of task artifacts.")(f)
+    f = click.option("--logs-bucket", default=None, metavar="NAME",
+                     help="Bucket of task logs (may be the artifacts bucket).")(f)
+    return f
+
+
+def run_options(f):
+    f = click.option("--dry-run", is_flag=True, help="Plan and count; change nothing.")(f)
+    f = click.option("--report", "report_path", default=None, metavar="FILE",
+                     help="Write a JSON report to FILE ('-' for stdout).")(f)
+    f = click.option("-v", "--verbose", "verbosity", count=True, help="More log output.")(f)
+    f = click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")(f)
+    f = click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+                     show_default=True, help="Log lines for humans or JSON lines for collectors.")(f)
+    return f
+
+
+def init_logging(verbosity: int, quiet: bool, log_format: str) -> None:
+    setup_logging(-1 if quiet else verbosity, log_format)

@@ -1,0 +1,113 @@
+"""The shared context every job receives.
+
+It owns the PostgreSQL connection, the S3 client, the logger, the buffers, the dry-run flag
+and the run report. Jobs ask it for what they need and never build clients themselves;
+clients are created on first use, so a job that needs no database opens none. Closing the
+context drains every buffer (raising their errors) and closes the connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from functools import cached_property
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import psycopg
+
+from . import connections
+from .buffer import BatchBuffer
+from .errors import AlreadyRunning, FlushError
+from .hooks import Transaction
+from .report import Report
+
+
+class Context:
+    def __init__(self, *, job: str, dsn: Optional[str] = None, use_db: bool = True,
+                 s3: Optional[connections.S3Settings] = None, dry_run: bool = False,
+                 logger: Optional[logging.Logger] = None, report: Optional[Report] = None):
+        self.job = job
+        self.dsn = connections.resolve_dsn(dsn) if use_db else None
+        self.use_db = use_db
+        self.s3_settings = s3 or connections.S3Settings()
+        self.dry_run = dry_run
+        self.log = logger or logging.getLogger(f"ponos.{job}")
+        self.report = report or Report(job, dry_run=dry_run)
+        self._buffers: dict[str, BatchBuffer] = {}
+        self._closed = False
+
+    # --- PostgreSQL ------------------------------------------------------------------
+    @cached_property
+    def db(self) -> psycopg.Connection:
+        """The job's autocommit connection; use :meth:`transaction` for atomic work."""
+        if not self.use_db:
+            raise RuntimeError("this run has no database (--no-db)")
+        return connections.connect_pg(self.dsn, application_name=f"ponos-{self.job}")
+
+    def connect(self, **kwargs) -> psycopg.Connection:
+        """A further connection (a worker thread's, a lock holder's); the caller closes it."""
+        return connections.connect_pg(self.dsn, application_name=f"ponos-{self.job}", **kwargs)
+
+    def transaction(self, conn: Optional[psycopg.Connection] = None) -> Transaction:
+        return Transaction(conn or self.db, self.log)
+
+    @contextlib.contextmanager
+    def advisory_lock(self, key: int, what: str) -> Iterator[None]:
+        """Hold a session-level advisory lock, or raise AlreadyRunning at once."""
+        got = self.db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
+        if not got:
+            raise AlreadyRunning(f"another {what} is running (advisory lock {key} is held)")
+        try:
+            yield
+        finally:
+            if not self.db.closed:
+                self.db.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+    # --- S3 --------------------------------------------------------------------------
+    @cached_property
+    def aws_session(self):
+        return connections.s3_session(self.s3_settings)
+
+    @cached_property
+    def s3(self):
+        return connections.s3_client(self.s3_settings, self.aws_session)
+
+    def object_store(self, bucket: str, *, concurrency: int = 64):
+        return connections.obstore_store(self.s3_settings, self.aws_session, bucket,
+                                         concurrency=concurrency)
+
+    # --- buffers ---------------------------------------------------------------------
+    def buffer(self, name: str, flush: Callable[[list], Optional[Sequence[Any]]], **options) -> BatchBuffer:
+        """Create (once) and track a buffer; every tracked buffer is drained on close."""
+        if name not in self._buffers:
+            self._buffers[name] = BatchBuffer(name, flush, **options)
+        return self._buffers[name]
+
+    def drain_buffers(self) -> None:
+        """Close every buffer; raise the first FlushError after all were closed."""
+        failures: list[FlushError] = []
+        for buffer in self._buffers.values():
+            try:
+                buffer.close()
+            except FlushError as err:
+                failures.append(err)
+        if failures:
+            raise failures[0]
+
+    # --- lifecycle -------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.drain_buffers()
+        finally:
+            if "db" in self.__dict__ and not self.db.closed:
+                self.db.close()
+
+    def __enter__(self) -> "Context":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False

@@ -1,0 +1,125 @@
+"""Fixtures: a real PostgreSQL and a real S3-compatible server for the whole session.
+
+By default both are started here (pgserver, SeaweedFS). To use existing servers instead:
+  PONOS_TEST_DSN=postgresql://user:pass@host/db   a role allowed to CREATE DATABASE
+  PONOS_TEST_S3_ENDPOINT=http://127.0.0.1:9000    with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
+Every test gets its own database and its own buckets, so tests never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from ponoskit import local, seed
+from ponoskit.connections import S3Settings
+from ponoskit.context import Context
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn(tmp_path_factory):
+    if os.environ.get("PONOS_TEST_DSN"):
+        yield os.environ["PONOS_TEST_DSN"]
+        return
+    with local.postgres(tmp_path_factory.mktemp("pg")) as dsn:
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    endpoint = os.environ.get("PONOS_TEST_S3_ENDPOINT")
+    if endpoint:
+        yield local.LocalS3(endpoint, os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+        return
+    with local.seaweedfs(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """Point boto3 (ours and subprocesses') at the test S3 server."""
+    for name, value in s3_server.environ().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return s3_server.environ()
+
+
+@pytest.fixture
+def make_database(pg_admin_dsn):
+    """Create empty databases on demand; drop them after the test."""
+    created = []
+
+    def make(schema: str | None = "legacy") -> str:
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        created.append(name)
+        dsn = make_conninfo(pg_admin_dsn, dbname=name)
+        if schema == "legacy":
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                seed.load_legacy_schema(conn)
+        return dsn
+
+    yield make
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+        for name in created:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def legacy_dsn(make_database):
+    """A fresh database holding the legacy tables, empty."""
+    return make_database("legacy")
+
+
+@pytest.fixture
+def context_factory(s3_env):
+    contexts = []
+
+    def make(dsn=None, **kwargs) -> Context:
+        ctx = Context(job=kwargs.pop("job", "test"), dsn=dsn,
+                      s3=S3Settings(endpoint_url=s3_env["AWS_ENDPOINT_URL"]), **kwargs)
+        contexts.append(ctx)
+        return ctx
+
+    yield make
+    for ctx in contexts:
+        ctx.close()
+
+
+@pytest.fixture
+def make_bucket(context_factory):
+    ctx = context_factory(use_db=False)
+
+    def make(prefix: str = "b") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:16]}"
+        ctx.s3.create_bucket(Bucket=name)
+        return name
+
+    return make
+
+
+def list_keys(s3, bucket: str) -> dict[str, dict]:
+    """Every object of a bucket: key -> {size, etag}."""
+    found = {}
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for obj in page.get("Contents", []):
+            found[obj["Key"]] = {"size": obj["Size"], "etag": obj["ETag"]}
+    return found
+
+
+@pytest.fixture
+def seeded(legacy_dsn, context_factory, make_bucket):
+    """A small realistic legacy dataset in PostgreSQL and S3 (separate buckets)."""
+    ctx = context_factory(legacy_dsn, use_db=True)
+    artifacts, logs = make_bucket("artifacts"), make_bucket("logs")
+    spec = seed.SeedSpec(processes=12, seed=7)
+    with psycopg.connect(legacy_dsn, autocommit=True) as conn:
+        summary = seed.seed_database(conn, spec)
+        counts = seed.seed_s3(ctx, conn, artifacts_bucket=artifacts, logs_bucket=logs, seed=spec.seed)
+    return {"dsn": legacy_dsn, "artifacts": artifacts, "logs": logs, "summary": summary,
+            "counts": counts, "ctx": ctx}
