@@ -5,7 +5,8 @@ item arrived, or on :meth:`close`. Two ways to put an item in:
 
 - :meth:`fire_forget` returns at once (it blocks only while the queue is full: the queue is
   bounded, so a slow sink slows producers down instead of growing memory);
-- :meth:`fire_and_wait` returns the item's result or raises its error.
+- :meth:`fire_and_wait` returns the item's result or raises its error; :meth:`submit` hands
+  back the item's future instead of waiting on it.
 
 No error is lost: a batch that fails raises in every ``fire_and_wait`` caller, and failures of
 ``fire_forget`` items are raised by :meth:`close` as one :class:`FlushError`.
@@ -51,9 +52,13 @@ class BatchBuffer(Generic[T]):
         self._put(item, None)
 
     def fire_and_wait(self, item: T, timeout: Optional[float] = None) -> Any:
+        return self.submit(item).result(timeout)
+
+    def submit(self, item: T) -> Future:
+        """Put an item in and get its future: for callers that wait on many items at once."""
         future: Future = Future()
         self._put(item, future)
-        return future.result(timeout)
+        return future
 
     def _put(self, item: T, future: Optional[Future]) -> None:
         if self._closed:

@@ -108,3 +108,24 @@ def run_options(f):
 
 def init_logging(verbosity: int, quiet: bool, log_format: str) -> None:
     setup_logging(-1 if quiet else verbosity, log_format)
+
+
+class ByteSize(click.ParamType):
+    """A size such as 5GiB, 512MiB, 100MB or a plain number of bytes."""
+    name = "size"
+    _UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "tb": 10 ** 12,
+              "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().replace(" ", "")
+        number = text.rstrip("kmgtib")
+        unit = text[len(number):]
+        try:
+            size = int(float(number) * self._UNITS[unit])
+        except (ValueError, KeyError):
+            self.fail(f"{value!r} is not a size (e.g. 5GiB, 512MiB, 1048576)", param, ctx)
+        if size < 1:
+            self.fail(f"{value!r} must be positive", param, ctx)
+        return size

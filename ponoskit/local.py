@@ -91,7 +91,9 @@ def seaweedfs(datadir: str | os.PathLike | None = None, timeout: float = 60.0) -
     )}
     args = [
         weed, "server", f"-dir={root}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        "-s3", "-volume.max=200", "-master.volumeSizeLimitMB=256",
+        # Every bucket is a collection that grows its own volumes (sparse files): allow many, so
+        # a test session or a benchmark with dozens of buckets never runs out of writable volumes.
+        "-s3", "-volume.max=2000", "-master.volumeSizeLimitMB=256",
         # SeaweedFS 4.x opens these on fixed ports by default; 0 disables them so
         # two servers (a test run and a demo) can coexist.
         "-s3.port.iceberg=0", "-s3.port.lance=0",

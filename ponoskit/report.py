@@ -23,6 +23,7 @@ class Report:
         self.items: dict[str, list[Any]] = {}
         self.phases: list[dict[str, Any]] = []
         self.errors: list[str] = []
+        self.truncated: set[str] = set()
         self._lock = threading.Lock()
         self._started = time.time()
 
@@ -30,10 +31,18 @@ class Report:
         with self._lock:
             self.counts[name] += n
 
-    def add(self, category: str, item: Any, *, also_count: bool = True) -> None:
-        """Record one item (a key, an id, a dict) behind a count."""
+    def add(self, category: str, item: Any, *, also_count: bool = True, limit: Optional[int] = None) -> None:
+        """Record one item (a key, an id, a dict) behind a count.
+
+        ``limit`` keeps only the first items of a category that may hold millions (keys left
+        alone); the count stays exact and the report says the list was truncated.
+        """
         with self._lock:
-            self.items.setdefault(category, []).append(item)
+            listed = self.items.setdefault(category, [])
+            if limit is None or len(listed) < limit:
+                listed.append(item)
+            else:
+                self.truncated.add(category)
             if also_count:
                 self.counts[category] += 1
 
@@ -61,6 +70,7 @@ class Report:
                 "seconds": round(time.time() - self._started, 3),
                 "counts": dict(sorted(self.counts.items())),
                 "items": {k: list(v) for k, v in sorted(self.items.items())},
+                "items_truncated": sorted(self.truncated),
                 "phases": list(self.phases),
                 "errors": list(self.errors),
                 **extra,

@@ -95,12 +95,22 @@ def context_factory(s3_env):
 def make_bucket(context_factory):
     ctx = context_factory(use_db=False)
 
+    created = []
+
     def make(prefix: str = "b") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:16]}"
         ctx.s3.create_bucket(Bucket=name)
+        created.append(name)
         return name
 
-    return make
+    yield make
+    # Free the server's space (SeaweedFS gives each bucket its own volumes).
+    for name in created:
+        for page in ctx.s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+            objects = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if objects:
+                ctx.s3.delete_objects(Bucket=name, Delete={"Objects": objects, "Quiet": True})
+        ctx.s3.delete_bucket(Bucket=name)
 
 
 def list_keys(s3, bucket: str) -> dict[str, dict]:

@@ -14,13 +14,22 @@ class ObjectInfo:
 
 
 def iter_pages(client, bucket: str, *, prefix: str = "", start_after: Optional[str] = None,
-               end_before: Optional[str] = None, page_size: int = 1000) -> Iterator[list[ObjectInfo]]:
-    """Pages of objects in key order, from after ``start_after`` up to (excluding) ``end_before``."""
+               start_at: Optional[str] = None, end_before: Optional[str] = None,
+               page_size: int = 1000) -> Iterator[list[ObjectInfo]]:
+    """Pages of objects in key order, from after ``start_after`` (exclusive) or ``start_at``
+    (inclusive; the later of the two wins) up to ``end_before`` (exclusive)."""
     params = {"Bucket": bucket, "Prefix": prefix, "PaginationConfig": {"PageSize": page_size}}
-    if start_after:
-        params["StartAfter"] = start_after
+    # S3 only knows an exclusive StartAfter: start just before start_at and drop the few keys
+    # that sort between its prefix and itself.
+    floor = start_at[:-1] if start_at else None
+    if start_after and (floor is None or start_after >= start_at):
+        floor, start_at = start_after, None
+    if floor:
+        params["StartAfter"] = floor
     for page in client.get_paginator("list_objects_v2").paginate(**params):
         objects = [ObjectInfo(o["Key"], o["Size"], o.get("ETag", "")) for o in page.get("Contents", [])]
+        if start_at is not None:
+            objects = [o for o in objects if o.key >= start_at]
         if end_before is not None:
             inside = [o for o in objects if o.key < end_before]
             if inside:

@@ -1,0 +1,59 @@
+"""What every phase of the fold receives: the context, the options, the DDL runner, the findings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ponoskit.context import Context
+
+from .ddl import Ddl, LockPolicy
+from .preflight import Findings
+
+ORPHANS_REFUSE, ORPHANS_DELETE = "refuse", "delete"
+KEPT_WORKFLOW_TABLE = "ponos_workflow_before_fold"
+
+
+@dataclass(frozen=True)
+class FoldOptions:
+    batch_size: int = 5000
+    lock: LockPolicy = field(default_factory=LockPolicy)
+    keep_workflow_table: bool = False
+    orphans: str = ORPHANS_REFUSE
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.orphans not in (ORPHANS_REFUSE, ORPHANS_DELETE):
+            raise ValueError(f"orphans must be {ORPHANS_REFUSE!r} or {ORPHANS_DELETE!r}")
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+# (total, description, unit) -> a context manager with update(n): ponoskit.cli.progress fits.
+ProgressFactory = Callable[..., Any]
+
+
+@dataclass
+class Job:
+    ctx: Context
+    options: FoldOptions
+    ddl: Ddl
+    findings: Findings
+    progress: Optional[ProgressFactory] = None
+
+    @property
+    def conn(self):
+        return self.ddl.conn
+
+    def bar(self, total: int, desc: str, unit: str):
+        return self.progress(total=total, desc=desc, unit=unit) if self.progress else _NoBar()
