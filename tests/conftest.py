@@ -9,6 +9,8 @@ Every test gets its own database and its own buckets, so tests never see each ot
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 
 import psycopg
@@ -18,6 +20,21 @@ from psycopg.conninfo import make_conninfo
 from ponoskit import local, seed
 from ponoskit.connections import S3Settings
 from ponoskit.context import Context
+
+
+def pytest_configure(config):
+    # pytest keeps the last three basetemp folders of *any* session and deletes older ones,
+    # servers' data included: give each session its own folder so parallel sessions (two
+    # checkouts, a developer and an editor plugin) never pull the ground from under each other.
+    if not config.option.basetemp:
+        config.option.basetemp = tempfile.mkdtemp(prefix="ponos-pytest-")
+        config._ponos_owned_basetemp = config.option.basetemp
+
+
+def pytest_unconfigure(config):
+    owned = getattr(config, "_ponos_owned_basetemp", None)
+    if owned and not os.environ.get("PONOS_KEEP_TMP"):
+        shutil.rmtree(owned, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -104,8 +121,14 @@ def make_bucket(context_factory):
         return name
 
     yield make
-    # Free the server's space (SeaweedFS gives each bucket its own volumes).
+    # Free the server's space (SeaweedFS gives each bucket its own volumes, and drops a
+    # non-empty bucket at once; other servers want it emptied first).
     for name in created:
+        try:
+            ctx.s3.delete_bucket(Bucket=name)
+            continue
+        except ctx.s3.exceptions.ClientError:
+            pass
         for page in ctx.s3.get_paginator("list_objects_v2").paginate(Bucket=name):
             objects = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
             if objects:

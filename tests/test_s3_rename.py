@@ -259,12 +259,12 @@ def _cli(*args):
 
 @pytest.fixture
 def bigger(legacy_dsn, context_factory, make_bucket):
-    """About 1,500 objects: enough for a run to be killed in the middle."""
+    """About 1,800 objects: enough for a run to be killed in the middle."""
     from ponoskit import seed
     ctx = context_factory(legacy_dsn)
     artifacts, logs = make_bucket("artifacts"), make_bucket("logs")
     with psycopg.connect(legacy_dsn, autocommit=True) as conn:
-        seed.seed_database(conn, seed.SeedSpec(processes=300, artifacts_per_task=(1, 4), seed=11))
+        seed.seed_database(conn, seed.SeedSpec(processes=150, artifacts_per_task=(1, 4), seed=11))
         seed.seed_s3(ctx, conn, artifacts_bucket=artifacts, logs_bucket=logs, seed=11)
     return {"dsn": legacy_dsn, "artifacts": artifacts, "logs": logs, "ctx": ctx}
 
@@ -320,7 +320,7 @@ def test_sigkill_then_resume_finishes_without_loss_or_redo(bigger, s3_env, tmp_p
     assert set(moves["artifacts"]) & set(partly)   # ...and some was left when it was killed
 
     report_file = tmp_path / "resume.json"
-    done = subprocess.run(_cli(*args, "--report", str(report_file)), env=env, capture_output=True, text=True,
+    done = subprocess.run(_cli(*args, "--report", str(report_file), "--workers", "16"), env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr
     resumed = json.loads(report_file.read_text())

@@ -17,6 +17,7 @@ import math
 MIN_PART_SIZE = 5 * 1024 ** 2
 MAX_PARTS = 10_000
 COPY_OBJECT_LIMIT = 5 * 1024 ** 3
+MAX_PART_SIZE = 5 * 1024 ** 3
 
 
 def obstore_can_copy(key: str) -> bool:
@@ -25,7 +26,7 @@ def obstore_can_copy(key: str) -> bool:
         return False
     if any(part in ("", ".", "..") for part in key.split("/")):
         return False
-    return not any(ord(char) < 32 or char == "\\" for char in key)
+    return not any(ord(char) < 32 or ord(char) == 127 or char == "\\" for char in key)
 
 
 def copy_object(client, bucket: str, source: str, destination: str) -> None:
@@ -34,7 +35,7 @@ def copy_object(client, bucket: str, source: str, destination: str) -> None:
 
 def part_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
     """Inclusive byte ranges; parts grow if needed to stay within S3's 10,000 parts."""
-    part_size = max(part_size, MIN_PART_SIZE, math.ceil(size / MAX_PARTS))
+    part_size = max(min(part_size, MAX_PART_SIZE), MIN_PART_SIZE, math.ceil(size / MAX_PARTS))
     return [(start, min(start + part_size, size) - 1) for start in range(0, size, part_size)] or [(0, -1)]
 
 

@@ -1,0 +1,239 @@
+"""Benchmark: s3-rename against s5cmd and a raw copy loop, side by side on the same server.
+
+    .venv/bin/python bench/bench_s3_rename.py                 # 5,000 tasks (~15,000 objects)
+    .venv/bin/python bench/bench_s3_rename.py --tasks 50000   # 10x, for the memory curve
+    .venv/bin/python bench/bench_s3_rename.py --scales 1,10   # both, one table
+
+Each contender gets its own copy of the same legacy buckets (seeded once per scale, then
+duplicated server-side) and moves every legacy key:
+  ponos-migrate  s3-rename, the whole job: listing, database classification, checks, moves.
+  s5cmd          `s5cmd run` on a generated file of `mv --raw` lines (the file is built from a
+                 listing and the database, and that time is counted: a user has to do it too).
+  raw-copy       the ceiling: obstore async CopyObject on precomputed keys + DeleteObjects
+                 batches, no listing, no checks, no resume. Nothing can do the job faster.
+Each runs in its own process; peak memory is that process's max RSS (os.wait4). Machines are
+shared and noisy: read the ratios, not the absolute rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import make_conninfo
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ponoskit import keys, local, seed  # noqa: E402
+from ponoskit.connections import S3Settings  # noqa: E402
+from ponoskit.context import Context  # noqa: E402
+from ponoskit.s3.listing import iter_objects  # noqa: E402
+
+AVERAGE_TASKS_PER_PROCESS = 3.5  # SeedSpec.tasks_per_process = (1, 6)
+
+
+def run_measured(argv: list[str], env: dict) -> tuple[float, int, int]:
+    """Run a process; return (seconds, peak RSS in MiB, exit code)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace")
+    if proc.returncode != 0:
+        print(err[-2000:], file=sys.stderr)
+    return seconds, usage.ru_maxrss // 1024, proc.returncode
+
+
+def duplicate_bucket(ctx, source: str, target: str) -> None:
+    import asyncio
+
+    import obstore
+    ctx.s3.create_bucket(Bucket=target)
+    store_from, store_to = ctx.object_store(source), ctx.object_store(target)
+
+    async def copy_all():
+        limit = asyncio.Semaphore(64)
+
+        async def one(key):
+            async with limit:
+                data = await obstore.get_async(store_from, key)
+                body = await data.bytes_async()
+                await obstore.put_async(store_to, key, body, attributes=data.attributes)
+
+        await asyncio.gather(*(one(obj.key) for obj in iter_objects(ctx.s3, source) if not obj.key.endswith("/")))
+
+    asyncio.run(copy_all())
+
+
+def legacy_moves(ctx, conn, bucket: str, *, artifacts: bool, logs: bool) -> list[tuple[str, str]]:
+    """List the bucket and ask the database: what a peer's user must compute before moving."""
+    moves = []
+    page = []
+
+    def flush():
+        ids = sorted({t for obj in page for t in keys.task_ids_in(obj.key)})
+        known = {r[0] for r in conn.execute("SELECT id::text FROM ponos_task WHERE id = ANY(%s::uuid[])", (ids,))}
+        for obj in page:
+            found = keys.classify(obj.key, known, artifacts=artifacts, logs=logs)
+            if found.is_legacy:
+                moves.append((obj.key, found.new_key))
+        page.clear()
+
+    for obj in iter_objects(ctx.s3, bucket):
+        page.append(obj)
+        if len(page) == 1000:
+            flush()
+    flush()
+    return moves
+
+
+def s5cmd_quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+RAW_COPY = r"""
+import asyncio, json, sys
+import obstore
+from ponoskit.connections import S3Settings
+from ponoskit.context import Context
+from ponoskit.s3.delete import delete_keys
+plan = json.load(open(sys.argv[1]))
+ctx = Context(job="bench", use_db=False, s3=S3Settings(endpoint_url=plan["endpoint"]))
+async def main():
+    limit = asyncio.Semaphore(64)
+    for bucket, moves in plan["buckets"].items():
+        store = ctx.object_store(bucket)
+        async def one(old, new):
+            async with limit:
+                await obstore.copy_async(store, old, new)
+        await asyncio.gather(*(one(o, n) for o, n in moves))
+        sources = [o for o, _ in moves]
+        for i in range(0, len(sources), 1000):
+            assert not any(delete_keys(ctx.s3, bucket, sources[i:i + 1000]))
+asyncio.run(main())
+"""
+
+
+def bench_scale(ctx, admin_dsn: str, endpoint: str, env: dict, tasks: int, workers: int, work: Path) -> dict:
+    processes = max(1, round(tasks / AVERAGE_TASKS_PER_PROCESS))
+    dbname = f"bench_rename_{tasks}"
+    with psycopg.connect(admin_dsn, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{dbname}"')
+        admin.execute(f'CREATE DATABASE "{dbname}"')
+    dsn = make_conninfo(admin_dsn, dbname=dbname)
+    suffix = f"{tasks}-{os.getpid()}"
+    base = {"artifacts": f"art-base-{suffix}", "logs": f"log-base-{suffix}"}
+    for bucket in base.values():
+        ctx.s3.create_bucket(Bucket=bucket)
+    t0 = time.perf_counter()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        seed.load_legacy_schema(conn)
+        summary = seed.seed_database(conn, seed.SeedSpec(processes=processes, artifacts_per_task=(1, 3),
+                                                          unstarted_processes=0, seed=tasks))
+        counts = seed.seed_s3(ctx, conn, artifacts_bucket=base["artifacts"], logs_bucket=base["logs"],
+                              seed=tasks)
+    objects = counts["artifacts"] + counts["logs"]
+    print(f"  seeded {summary.tasks} tasks, {objects} legacy objects in {time.perf_counter() - t0:.0f} s",
+          flush=True)
+
+    results = {}
+    for name in ("raw-copy", "s5cmd", "ponos-migrate"):
+        buckets = {role: f"{role[:3]}-{name[:5]}-{suffix}" for role in base}
+        for role in base:
+            duplicate_bucket(ctx, base[role], buckets[role])
+        if name == "ponos-migrate":
+            argv = [str(ROOT / ".venv/bin/ponos-migrate"), "s3-rename", "--endpoint-url", endpoint,
+                    "--artifacts-bucket", buckets["artifacts"], "--logs-bucket", buckets["logs"],
+                    "--dsn", dsn, "--workers", str(workers), "--report", str(work / f"report-{suffix}.json")]
+            seconds, rss, code = run_measured(argv, env)
+        else:
+            # The peers need the list of moves first: listing + database, timed as theirs.
+            t_plan = time.perf_counter()
+            with psycopg.connect(dsn) as conn:
+                plan = {b: legacy_moves(ctx, conn, b, artifacts=(role == "artifacts"), logs=(role == "logs"))
+                        for role, b in buckets.items()}
+            plan_seconds = time.perf_counter() - t_plan
+            if name == "s5cmd":
+                commands = work / f"s5cmd-{suffix}.txt"
+                with open(commands, "w", encoding="utf-8") as out:
+                    for bucket, moves in plan.items():
+                        for old, new in moves:
+                            out.write(f"mv --raw {s5cmd_quote(f's3://{bucket}/{old}')} "
+                                      f"{s5cmd_quote(f's3://{bucket}/{new}')}\n")
+                argv = [shutil.which("s5cmd", path=str(ROOT / ".venv/bin")) or "s5cmd", "--endpoint-url", endpoint,
+                        "--numworkers", str(workers), "run", str(commands)]
+            else:
+                plan_file = work / f"raw-{suffix}.json"
+                plan_file.write_text(json.dumps({"endpoint": endpoint, "buckets": plan}))
+                argv = [sys.executable, "-c", RAW_COPY, str(plan_file)]
+            seconds, rss, code = run_measured(argv, {**env, "PYTHONPATH": str(ROOT)})
+            seconds += plan_seconds
+        moved = sum(1 for b in buckets.values() for obj in iter_objects(ctx.s3, b)
+                    if keys.classify(obj.key, None).kind in (keys.Kind.NEW_ARTIFACT, keys.Kind.NEW_LOG))
+        left = sum(1 for b in buckets.values() for obj in iter_objects(ctx.s3, b)
+                   if keys.classify(obj.key, None).kind in (keys.Kind.LEGACY_LOG, keys.Kind.UNDECIDED))
+        results[name] = {"seconds": seconds, "objects_per_s": objects / seconds, "peak_rss_mib": rss,
+                         "exit": code, "new_keys": moved, "legacy_left": left}
+        print(f"  {name:14s} {seconds:7.1f} s {objects / seconds:8.0f} obj/s  peak {rss:5d} MiB  "
+              f"exit {code}  new keys {moved}/{objects}  legacy left {left}", flush=True)
+        for bucket in buckets.values():
+            with contextlib.suppress(Exception):
+                ctx.s3.delete_bucket(Bucket=bucket)
+    for bucket in base.values():
+        with contextlib.suppress(Exception):
+            ctx.s3.delete_bucket(Bucket=bucket)
+    return {"tasks": summary.tasks, "objects": objects, "results": results}
+
+
+@contextlib.contextmanager
+def services(args, work: Path):
+    if args.dsn and args.endpoint_url:
+        yield args.dsn, local.LocalS3(args.endpoint_url, os.environ["AWS_ACCESS_KEY_ID"],
+                                      os.environ["AWS_SECRET_ACCESS_KEY"])
+        return
+    with local.postgres(work / "pg") as dsn, local.seaweedfs(work / "s3") as s3:
+        yield dsn, s3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--scales", default="1", help="multiples of --tasks, e.g. 1,10")
+    parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--dsn", help="an existing PostgreSQL (admin) instead of a local one")
+    parser.add_argument("--endpoint-url", help="an existing S3 server instead of a local SeaweedFS")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="ponos-bench-rename-"))
+    try:
+        with services(args, work) as (admin_dsn, s3):
+            env = {**os.environ, **s3.environ()}
+            os.environ.update(s3.environ())
+            ctx = Context(job="bench", use_db=False, s3=S3Settings(endpoint_url=s3.endpoint_url))
+            table = []
+            for scale in [int(x) for x in args.scales.split(",")]:
+                print(f"scale x{scale}: {args.tasks * scale} tasks", flush=True)
+                table.append(bench_scale(ctx, admin_dsn, s3.endpoint_url, env, args.tasks * scale, args.workers, work))
+            print("\n| tasks | objects | contender | s | obj/s | ours faster by | peak MiB |")
+            print("|---:|---:|---|---:|---:|---:|---:|")
+            for row in table:
+                ours = row["results"]["ponos-migrate"]["seconds"]
+                for name, r in row["results"].items():
+                    print(f"| {row['tasks']} | {row['objects']} | {name} | {r['seconds']:.1f} | "
+                          f"{r['objects_per_s']:.0f} | {r['seconds'] / ours:.2f}x | {r['peak_rss_mib']} |")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
