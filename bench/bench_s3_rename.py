@@ -147,6 +147,9 @@ def bench_scale(ctx, admin_dsn: str, endpoint: str, env: dict, tasks: int, worke
     print(f"  seeded {summary.tasks} tasks, {objects} legacy objects in {time.perf_counter() - t0:.0f} s",
           flush=True)
 
+    with psycopg.connect(dsn) as conn:
+        expected = {role: legacy_moves(ctx, conn, base[role], artifacts=(role == "artifacts"), logs=(role == "logs"))
+                    for role in base}
     results = {}
     for name in ("raw-copy", "s5cmd", "ponos-migrate"):
         buckets = {role: f"{role[:3]}-{name[:5]}-{suffix}" for role in base}
@@ -179,10 +182,12 @@ def bench_scale(ctx, admin_dsn: str, endpoint: str, env: dict, tasks: int, worke
                 argv = [sys.executable, "-c", RAW_COPY, str(plan_file)]
             seconds, rss, code = run_measured(argv, {**env, "PYTHONPATH": str(ROOT)})
             seconds += plan_seconds
-        moved = sum(1 for b in buckets.values() for obj in iter_objects(ctx.s3, b)
-                    if keys.classify(obj.key, None).kind in (keys.Kind.NEW_ARTIFACT, keys.Kind.NEW_LOG))
-        left = sum(1 for b in buckets.values() for obj in iter_objects(ctx.s3, b)
-                   if keys.classify(obj.key, None).kind in (keys.Kind.LEGACY_LOG, keys.Kind.UNDECIDED))
+        # Check the contender did the whole job: every legacy key gone, every new key there.
+        moved = left = 0
+        for role, bucket in buckets.items():
+            present = {obj.key for obj in iter_objects(ctx.s3, bucket)}
+            moved += sum(new in present for _, new in expected[role])
+            left += sum(old in present for old, _ in expected[role])
         results[name] = {"seconds": seconds, "objects_per_s": objects / seconds, "peak_rss_mib": rss,
                          "exit": code, "new_keys": moved, "legacy_left": left}
         print(f"  {name:14s} {seconds:7.1f} s {objects / seconds:8.0f} obj/s  peak {rss:5d} MiB  "

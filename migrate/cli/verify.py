@@ -1,0 +1,52 @@
+"""``ponos-migrate verify``: the command layer over :func:`migrate.verify.verify`."""
+
+from __future__ import annotations
+
+import click
+
+from ponoskit.cli import EXIT_INCOMPLETE, EXIT_OK, bucket_options, dsn_option, init_logging, run_job, s3_options
+from ponoskit.connections import S3Settings, describe_dsn
+from ponoskit.context import Context
+from ponoskit.errors import PonosError
+from ponoskit.report import Report
+
+from ..verify import PROBLEMS, verify
+
+
+@click.command("verify")
+@bucket_options
+@s3_options
+@dsn_option
+@click.option("--report", "report_path", default=None, metavar="FILE",
+              help="Write a JSON report to FILE ('-' for stdout).")
+@click.option("-v", "--verbose", "verbosity", count=True, help="More log output.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="Log lines for humans or JSON lines for collectors.")
+@run_job
+def command(artifacts_bucket, logs_bucket, endpoint_url, profile, dsn, report_path, verbosity, quiet, log_format):
+    """Check that the database and the buckets agree (read only).
+
+    Every artifact row has its object at <task>/<path> with the row's size, and no legacy key
+    is left. Orphans (objects of deleted tasks) and keys of neither layout are counted.
+    Exit 0 when they agree, 1 when they do not (see the report), 2 for bad usage or configuration.
+    """
+    init_logging(verbosity, quiet, log_format)
+    report = Report("verify")
+    settings = S3Settings(endpoint_url=endpoint_url, profile=profile)
+    with Context(job="verify", dsn=dsn, s3=settings, report=report) as context:
+        report.info.update(database=describe_dsn(context.dsn), endpoint=settings.effective_endpoint or "aws")
+        try:
+            agree = verify(context, artifacts_bucket=artifacts_bucket, logs_bucket=logs_bucket)
+        except PonosError as err:
+            report.error(str(err))
+            raise
+        finally:
+            report.write(report_path)
+        counts = report.counts
+        context.log.info("verify: %s", ", ".join(f"{name} {counts[name]}" for name in (
+            "artifacts_found", "logs_found", *PROBLEMS, "orphans", "orphan_legacy", "unindexed_objects",
+            "unrecognized", "objects")))
+        if not agree:
+            context.log.warning("database and buckets disagree: see the report for the keys")
+    return EXIT_OK if agree else EXIT_INCOMPLETE

@@ -1,0 +1,82 @@
+"""ponos-migrate verify against a real PostgreSQL and S3 server."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+from click.testing import CliRunner
+
+from migrate.cli import main
+from tests.test_s3_rename import rename
+
+
+def run_verify(s3_env, tmp_path, *args):
+    report_file = tmp_path / f"verify-{uuid.uuid4().hex}.json"
+    result = CliRunner().invoke(main, ["verify", "--endpoint-url", s3_env["AWS_ENDPOINT_URL"],
+                                       "--report", str(report_file), *args], catch_exceptions=False)
+    report = json.loads(report_file.read_text()) if report_file.exists() else None
+    return result.exit_code, report, result.stderr
+
+
+def artifact_rows(dsn):
+    with psycopg.connect(dsn) as conn:
+        return conn.execute("SELECT task_id::text, path FROM ponos_artifact ORDER BY id").fetchall()
+
+
+def test_verify_before_and_after_the_rename(seeded, s3_env, tmp_path):
+    buckets = ["--artifacts-bucket", seeded["artifacts"], "--logs-bucket", seeded["logs"], "--dsn", seeded["dsn"]]
+    rows = artifact_rows(seeded["dsn"])
+
+    code, before, _ = run_verify(s3_env, tmp_path, *buckets)
+    assert code == 1
+    assert before["counts"]["missing_artifacts"] == len(rows)
+    assert before["counts"]["legacy_left"] == seeded["counts"]["artifacts"] + seeded["counts"]["logs"]
+
+    assert rename(s3_env, *buckets, tmp_path=tmp_path)[0] == 0
+    code, after, stderr = run_verify(s3_env, tmp_path, *buckets)
+    assert code == 0, stderr
+    assert after["counts"]["artifacts_found"] == len(rows)
+    assert after["counts"]["logs_found"] == seeded["counts"]["logs"]
+    assert after["counts"].get("legacy_left", 0) == after["counts"].get("missing_artifacts", 0) == 0
+    assert after["counts"]["unrecognized"] == seeded["counts"]["unrecognized"]
+
+
+def test_verify_finds_missing_objects_orphans_and_size_mismatches(seeded, s3_env, tmp_path):
+    buckets = ["--artifacts-bucket", seeded["artifacts"], "--logs-bucket", seeded["logs"], "--dsn", seeded["dsn"]]
+    assert rename(s3_env, *buckets, tmp_path=tmp_path)[0] == 0
+    s3, bucket = seeded["ctx"].s3, seeded["artifacts"]
+    (task, path), (task2, path2), *_ = artifact_rows(seeded["dsn"])
+    s3.delete_object(Bucket=bucket, Key=f"{task}/{path}")
+    s3.put_object(Bucket=bucket, Key=f"{task2}/{path2}", Body=b"x" * 1000)  # the row says otherwise
+    orphan = f"{uuid.uuid4()}/left/behind.txt"
+    s3.put_object(Bucket=bucket, Key=orphan, Body=b"of a deleted task")
+
+    code, report, _ = run_verify(s3_env, tmp_path, *buckets)
+    assert code == 1
+    assert report["items"]["missing_artifacts"] == [f"{task}/{path}"]
+    assert [m["key"] for m in report["items"]["size_mismatches"]] == [f"{task2}/{path2}"]
+    assert report["items"]["orphans"] == [orphan]
+
+
+def test_verify_one_bucket_for_both(legacy_dsn, context_factory, make_bucket, s3_env, tmp_path):
+    from ponoskit import seed
+    ctx = context_factory(legacy_dsn)
+    bucket = make_bucket("shared")
+    with psycopg.connect(legacy_dsn, autocommit=True) as conn:
+        seed.seed_database(conn, seed.SeedSpec(processes=5, seed=5))
+        counts = seed.seed_s3(ctx, conn, artifacts_bucket=bucket, logs_bucket=bucket, seed=5)
+    args = ["--artifacts-bucket", bucket, "--logs-bucket", bucket, "--dsn", legacy_dsn]
+    assert rename(s3_env, *args, tmp_path=tmp_path)[0] == 0
+    code, report, _ = run_verify(s3_env, tmp_path, *args)
+    assert code == 0
+    assert report["counts"]["logs_found"] == counts["logs"]
+    assert report["counts"]["artifacts_found"] == len(artifact_rows(legacy_dsn))
+
+
+def test_verify_bad_input(seeded, s3_env, tmp_path):
+    code, _, stderr = run_verify(s3_env, tmp_path, "--dsn", seeded["dsn"])
+    assert code == 2 and "--artifacts-bucket" in stderr
+    code, _, stderr = run_verify(s3_env, tmp_path, "--dsn", seeded["dsn"], "--logs-bucket", "missing-bucket-x")
+    assert code == 2 and "does not exist" in stderr
