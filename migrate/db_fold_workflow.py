@@ -4,7 +4,7 @@ The runbook, in order (the phases live in :mod:`migrate.fold.phases`):
 
  1. preflight           read only: server version, rights, schema shape (legacy, folded, or a
                         fold of ours under way), orphan workflows and tasks. Orphans are refused
-                        (ids listed, exit 1) unless ``orphans="delete"``. Folded: nothing to do.
+                        (ids listed, exit 1) unless ``orphans="delete"``.
  2. delete_orphans      only when asked: orphan tasks go, recorded in an outbox with their S3 keys.
  3. add_columns         process_process.farm_id/started/finished, ponos_task.process_id: nullable,
                         no default, so adding them is a catalog change.
@@ -15,33 +15,35 @@ The runbook, in order (the phases live in :mod:`migrate.fold.phases`):
  6. index_process_farm, index_task_process   CREATE INDEX CONCURRENTLY (an INVALID leftover of
                         a killed build is dropped and rebuilt).
  7. constrain_process_farm, constrain_task_process   foreign keys NOT VALID, then VALIDATE.
- 8. task_process_not_null   CHECK NOT VALID, VALIDATE, SET NOT NULL (no scan), drop the CHECK.
- 9. unique_process_run_slug unique index CONCURRENTLY, then ADD CONSTRAINT ... USING INDEX.
-10. keep_workflow_mapping   with ``keep_workflow_table`` only: the kept table learns process_id.
-11. verify              every task's process is its workflow's, counts agree, constraints valid.
-12. drop_workflow       one short transaction: triggers, both workflow_id columns, the table
-                        (or renamed aside to ``ponos_workflow_before_fold``).
+ 8. unique_process_run_slug   unique index CONCURRENTLY, then ADD CONSTRAINT ... USING INDEX.
+ 9. keep_workflow_mapping   with ``keep_workflow_table`` only: the kept table learns process_id.
+10. verify              every task's process is its workflow's, counts agree, constraints valid.
+11. drop_workflow       one short transaction: triggers, both workflow_id columns, the table (or
+                        renamed aside to ``ponos_workflow_before_fold``), plus a CHECK
+                        (process_id IS NOT NULL) NOT VALID once the index shows no NULL is left.
+12. task_process_not_null   VALIDATE that CHECK, SET NOT NULL (no scan), drop the CHECK.
 
 Every phase asks the catalog before it acts, so a run killed at any point resumes where it
 stopped, and a run on a folded database changes nothing. Every statement that takes a lock
 the application could queue behind runs under a short ``lock_timeout`` and retries with
 backoff. One fold at a time: the run holds an advisory lock.
 
-The application stays on its legacy code until step 12; deploy the version without the
-Workflow model right after (the triggers bridge the time in between).
+The application stays on its legacy code until step 11 and should get the version without
+the Workflow model right after; the triggers bridge the time in between.
 """
 
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from ponoskit import schema
 from ponoskit.context import Context
-from ponoskit.errors import ConfigError, PonosError
+from ponoskit.errors import AlreadyRunning, ConfigError, PonosError
 
 from migrate.fold import orphans, phases, preflight
 from migrate.fold.ddl import Ddl, LockBusy, LockPolicy
@@ -75,50 +77,77 @@ class FoldPlan:
 def fold_workflows(ctx: Context, options: FoldOptions = FoldOptions(),
                    progress: Optional[ProgressFactory] = None) -> None:
     """Run the fold to its end (or find it done). Raises a PonosError when it cannot."""
-    with _database_errors("preflight") as where:
+    with _DatabaseErrors("preflight") as errors:
         conn = ctx.db
         _describe(ctx, options)
-        with ctx.advisory_lock(FOLD_LOCK_KEY, "workflow fold"):
+        with _lock(ctx, conn):
             findings = _preflight(ctx, conn, options)
-            if findings.state == schema.FOLDED:
-                ctx.log.info("the database is already folded: nothing to do")
-                ctx.report.info["already_folded"] = True
-                orphans.report_deleted(conn, ctx.report)
-                return
             if findings.orphans and options.orphans == ORPHANS_REFUSE:
                 raise preflight.OrphansFound(findings.orphans)
             job = Job(ctx, options, Ddl(conn, options.lock, ctx.log, ctx.report), findings, progress)
-            for phase in phases.all_phases():
-                if not phase.applies(job):
-                    continue
-                where[0] = phase.name
+            ran = 0
+            for phase in _phases_for(job):
+                errors.phase = phase.name
                 with ctx.report.phase(phase.name) as record:
                     if not phase.pending(job):
                         record["status"] = "already done"
-                        ctx.log.info("%s: already done", phase.name)
+                        ctx.log.debug("%s: already done", phase.name)
                         continue
                     ctx.log.info("%s ...", phase.name)
                     phase.run(job, record)
                     record["status"] = "done"
+                    ran += 1
                 ctx.log.info("%s: done in %.1fs", phase.name, record["seconds"])
+            if ran == 0 and findings.state == schema.FOLDED:
+                ctx.log.info("the database is already folded: nothing to do")
+                ctx.report.info["already_folded"] = True
             orphans.report_deleted(conn, ctx.report)
 
 
 def plan_fold(ctx: Context, options: FoldOptions = FoldOptions()) -> FoldPlan:
     """Preflight and plan, changing nothing (``--dry-run``)."""
-    with _database_errors("plan"):
+    with _DatabaseErrors("plan"):
         conn = ctx.db
         _describe(ctx, options)
         findings = _preflight(ctx, conn, options)
         plan = FoldPlan(findings.state, findings.counts)
-        if findings.state == schema.FOLDED:
-            return plan
         if findings.orphans and options.orphans == ORPHANS_REFUSE:
             plan.refusal = preflight.OrphansFound(findings.orphans)
         job = Job(ctx, options, Ddl(conn, options.lock, ctx.log), findings)
-        plan.steps = [phase.plan(job) for phase in phases.all_phases() if phase.applies(job)]
+        plan.steps = [phase.plan(job) for phase in _phases_for(job)]
         ctx.report.info["plan"] = [step.to_dict() for step in plan.steps]
         return plan
+
+
+def _phases_for(job: Job) -> list[phases.Phase]:
+    """A folded schema only gets the finishing phases; the others need the legacy columns."""
+    todo = phases.after_drop() if job.findings.state == schema.FOLDED else phases.all_phases()
+    return [phase for phase in todo if phase.applies(job)]
+
+
+@contextmanager
+def _lock(ctx: Context, conn: psycopg.Connection) -> Iterator[None]:
+    """The advisory lock; when it is taken, say by whom, and how a killed run's session ends."""
+    held = ExitStack()
+    try:
+        held.enter_context(ctx.advisory_lock(FOLD_LOCK_KEY, "workflow fold"))
+    except AlreadyRunning as busy:
+        holder = conn.execute(
+            "SELECT a.pid, a.application_name, a.state, to_char(a.query_start, 'YYYY-MM-DD HH24:MI:SS TZ') "
+            "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.granted AND l.database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND l.classid::text::bigint = %s AND l.objid::text::bigint = %s AND l.objsubid = 1",
+            (FOLD_LOCK_KEY >> 32, FOLD_LOCK_KEY & 0xFFFFFFFF)).fetchone()
+        if holder is None:
+            raise
+        pid, application, state, since = holder
+        raise AlreadyRunning(
+            f"{busy}: by server process {pid} ({application or 'no application name'}, {state} since {since}). "
+            "The session of a killed run lives until its current statement ends; "
+            f"SELECT pg_terminate_backend({pid}) ends it at once") from None
+    with held:
+        yield
 
 
 def _describe(ctx: Context, options: FoldOptions) -> None:
@@ -143,19 +172,19 @@ def _preflight(ctx: Context, conn: psycopg.Connection, options: FoldOptions) -> 
     return findings
 
 
-class _database_errors:
-    """Turn database errors into typed errors naming the phase; ``where[0]`` is the phase."""
+class _DatabaseErrors:
+    """Turn a database error into a typed error that names the phase it happened in."""
 
-    def __init__(self, where: str):
-        self.where = [where]
+    def __init__(self, phase: str):
+        self.phase = phase
 
-    def __enter__(self) -> list[str]:
-        return self.where
+    def __enter__(self) -> "_DatabaseErrors":
+        return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc is None or isinstance(exc, PonosError) or not isinstance(exc, psycopg.Error):
+        if not isinstance(exc, psycopg.Error):
             return False
         message = " ".join(str(exc).split())
         if isinstance(exc, pg_errors.InsufficientPrivilege):
-            raise ConfigError(f"{self.where[0]}: missing privilege: {message}") from None
-        raise FoldFailed(f"{self.where[0]} failed: {message}; what committed stays, run again to resume") from None
+            raise ConfigError(f"{self.phase}: missing privilege: {message}") from None
+        raise FoldFailed(f"{self.phase} failed: {message}; what committed stays, run again to resume") from None

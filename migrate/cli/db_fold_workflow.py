@@ -30,7 +30,7 @@ def _seconds(ctx, param, value: str) -> float:
 def _print_plan(plan: FoldPlan, database: str, batch_size: int, out) -> None:
     counts = plan.counts
     echo = lambda text="": click.echo(text, file=out)  # noqa: E731
-    if not plan.steps:
+    if not plan.pending_steps():
         echo(f"{database}: schema {plan.state}; nothing to do.")
         return
     echo(f"Plan for {database}: schema {plan.state}; {counts.get('workflows', 0)} workflows, "
@@ -89,9 +89,8 @@ def command(dsn, batch_size, lock_timeout, lock_retries, keep_workflow_table, or
                     raise plan.refusal
             else:
                 fold_workflows(ctx, options, progress=progress)
-                ctx.log.info("%s: folded (%s)", database, "already" if report.info.get("already_folded")
-                             else f"{report.counts.get('verified_tasks', 0)} tasks, "
-                                  f"{report.counts.get('verified_processes', 0)} processes")
+                if not report.info.get("already_folded"):
+                    ctx.log.info("%s: folded", database)
     except PonosError as err:
         report.error(redact(str(err)))
         raise

@@ -99,6 +99,7 @@ class Ddl:
 
     def execute(self, what: str, sql: str, params=None) -> int:
         """One statement in its own transaction; returns its row count."""
+        self.log.debug("%s: %s", what, " ".join(sql.split()))
         return self.retry(what, lambda: self.conn.execute(sql, params).rowcount)
 
     def transaction(self, what: str, body: Callable[[psycopg.Connection], T]) -> T:

@@ -1,0 +1,147 @@
+"""Phases that move data: orphans, new columns, sync triggers, backfills, the kept mapping, verify."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import backfill, catalog, orphans, triggers, verify
+from .job import ORPHANS_DELETE, Job
+from .phase import Phase
+
+
+class DeleteOrphans(Phase):
+    name = "delete_orphans"
+
+    def applies(self, job: Job) -> bool:
+        return job.options.orphans == ORPHANS_DELETE and bool(job.findings.orphans.task_ids)
+
+    def pending(self, job: Job) -> bool:
+        return True
+
+    def sql(self, job: Job) -> list[str]:
+        return orphans.plan_sql()
+
+    def rows(self, job: Job) -> int:
+        return len(job.findings.orphans.task_ids)
+
+    def run(self, job: Job, record: dict[str, Any]) -> None:
+        ids = job.findings.orphans.task_ids
+        with job.bar(len(ids), "delete orphan tasks", "task") as bar:
+            record["rows"] = orphans.delete_tasks(job.ddl, ids, job.options.batch_size, bar.update)
+
+
+NEW_COLUMNS = [("process_process", "farm_id", "uuid NULL"), ("process_process", "started", "timestamptz NULL"),
+               ("process_process", "finished", "timestamptz NULL"), ("ponos_task", "process_id", "uuid NULL")]
+
+
+class AddColumns(Phase):
+    """Nullable columns without default: a catalog change, the lock lasts milliseconds."""
+    name = "add_columns"
+
+    def missing(self, job: Job) -> dict[str, list[str]]:
+        missing: dict[str, list[str]] = {}
+        for table, column, definition in NEW_COLUMNS:
+            if catalog.column(job.conn, table, column) is None:
+                missing.setdefault(table, []).append(f"ADD COLUMN IF NOT EXISTS {column} {definition}")
+        return missing
+
+    def pending(self, job: Job) -> bool:
+        return bool(self.missing(job))
+
+    def sql(self, job: Job) -> list[str]:
+        return [f"ALTER TABLE {table} {', '.join(adds)}" for table, adds in self.missing(job).items()]
+
+    def run(self, job: Job, record: dict[str, Any]) -> None:
+        for statement in self.sql(job):
+            job.ddl.execute("add columns", statement)
+
+
+class InstallSyncTriggers(Phase):
+    name = "install_sync_triggers"
+
+    def pending(self, job: Job) -> bool:
+        return not all(catalog.trigger_exists(job.conn, t.table, t.name) for t in triggers.all_triggers(job.conn))
+
+    def sql(self, job: Job) -> list[str]:
+        return [s for t in triggers.all_triggers(job.conn) for s in (t.create_function_sql(), t.create_trigger_sql())]
+
+    def run(self, job: Job, record: dict[str, Any]) -> None:
+        for trigger in triggers.all_triggers(job.conn):
+            job.ddl.execute(f"create function {trigger.name}", trigger.create_function_sql())  # no table lock
+            if not catalog.trigger_exists(job.conn, trigger.table, trigger.name):
+                job.ddl.execute(f"create trigger {trigger.name}", trigger.create_trigger_sql())
+
+
+class Backfill(Phase):
+    def __init__(self, name: str, source: backfill.Backfill, unit: str):
+        self.name, self.source, self.unit = name, source, unit
+
+    def _columns_exist(self, job: Job) -> bool:
+        return not AddColumns().pending(job)
+
+    def pending(self, job: Job) -> bool:
+        if not self._columns_exist(job):
+            return True
+        return (backfill.todo(job.conn, self.source) > 0
+                or job.conn.execute(self.source.stragglers_sql, {"limit": 1}).fetchone() is not None)
+
+    def sql(self, job: Job) -> list[str]:
+        return self.source.plan_sql()
+
+    def rows(self, job: Job) -> int:
+        if self._columns_exist(job):
+            return backfill.todo(job.conn, self.source)
+        counts = job.findings.counts
+        return counts["tasks"] if self.source is backfill.TASKS else counts["processes"] - counts[
+            "processes_never_started"]
+
+    def run(self, job: Job, record: dict[str, Any]) -> None:
+        with job.bar(backfill.todo(job.conn, self.source), f"backfill {self.source.name}", self.unit) as bar:
+            record["rows"] = backfill.run(job.ddl, self.source, job.options.batch_size, bar.update)
+        job.ctx.report.count(f"backfilled_{self.source.table}", record["rows"])
+
+
+class KeepWorkflowMapping(Phase):
+    """--keep-workflow-table: the kept table gets process_id, so a rollback can find its way back."""
+    name = "keep_workflow_mapping"
+    add_column_sql = "ALTER TABLE ponos_workflow ADD COLUMN IF NOT EXISTS process_id uuid NULL"
+
+    def applies(self, job: Job) -> bool:
+        return job.options.keep_workflow_table
+
+    def pending(self, job: Job) -> bool:
+        if catalog.column(job.conn, "ponos_workflow", "process_id") is None:
+            return True
+        return job.conn.execute(backfill.WORKFLOW_MAPPING.stragglers_sql, {"limit": 1}).fetchone() is not None
+
+    def sql(self, job: Job) -> list[str]:
+        return [self.add_column_sql, triggers.process_tasks_sync(True).create_function_sql(),
+                *backfill.WORKFLOW_MAPPING.plan_sql()]
+
+    def rows(self, job: Job) -> int:
+        return job.findings.counts.get("workflows", 0)
+
+    def run(self, job: Job, record: dict[str, Any]) -> None:
+        if catalog.column(job.conn, "ponos_workflow", "process_id") is None:
+            job.ddl.execute("add ponos_workflow.process_id", self.add_column_sql)
+        # From now on a process that starts also marks its workflow; then copy the rest.
+        mapping = triggers.process_tasks_sync(True)
+        job.ddl.execute(f"replace function {mapping.name}", mapping.create_function_sql())
+        with job.bar(backfill.todo(job.conn, backfill.WORKFLOW_MAPPING), "map kept workflows", "workflow") as bar:
+            record["rows"] = backfill.run(job.ddl, backfill.WORKFLOW_MAPPING, job.options.batch_size, bar.update)
+
+
+class Verify(Phase):
+    name = "verify"
+
+    def pending(self, job: Job) -> bool:
+        return True
+
+    def sql(self, job: Job) -> list[str]:
+        return [backfill.TASKS.stragglers_sql, backfill.PROCESSES.stragglers_sql]
+
+    def run(self, job: Job, record: dict[str, Any]) -> None:
+        counts = verify.check(job.conn, keep_mapping=job.options.keep_workflow_table)
+        record.update(counts)
+        for name, value in counts.items():
+            job.ctx.report.count(f"verified_{name}", value)
