@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -39,6 +40,20 @@ class LocalS3:
             "AWS_DEFAULT_REGION": "us-east-1",
             "AWS_ENDPOINT_URL": self.endpoint_url,
         }
+
+    @contextlib.contextmanager
+    def credentials_in_environment(self) -> Iterator[None]:
+        """Export :meth:`environ` for the block (boto3 reads it), then restore what was there."""
+        saved = {name: os.environ.get(name) for name in self.environ()}
+        os.environ.update(self.environ())
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def _free_port() -> int:
@@ -124,11 +139,14 @@ def seaweedfs(datadir: str | os.PathLike | None = None, timeout: float = 60.0) -
 @contextlib.contextmanager
 def postgres(datadir: str | os.PathLike | None = None) -> Iterator[str]:
     """Run an embedded PostgreSQL (pgserver) and yield its DSN until the block exits."""
-    import pgserver
-
     owned = datadir is None
     root = Path(datadir or tempfile.mkdtemp(prefix="ponos-pg-"))
-    server = pgserver.get_server(root, cleanup_mode="stop" if not owned else "delete")
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, cron): harmless here.
+        warnings.simplefilter("ignore")
+        import pgserver
+
+        server = pgserver.get_server(root, cleanup_mode="stop" if not owned else "delete")
     try:
         yield server.get_uri()
     finally:

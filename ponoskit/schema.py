@@ -19,10 +19,11 @@ LEGACY, FOLDED, PARTIAL, UNKNOWN = "legacy", "folded", "partial", "unknown"
 
 
 def column_exists(conn: psycopg.Connection, table: str, column: str) -> bool:
+    # pg_attribute, not information_schema: the latter hides columns the role has no rights
+    # on, and a legacy schema would look half-folded to an unprivileged role.
     return conn.execute(
-        "SELECT EXISTS (SELECT 1 FROM information_schema.columns "
-        "WHERE table_schema = current_schema() AND table_name = %s AND column_name = %s)",
-        (table, column)).fetchone()[0]
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+        "AND attname = %s AND attnum > 0 AND NOT attisdropped)", (table, column)).fetchone()[0]
 
 
 def table_exists(conn: psycopg.Connection, table: str) -> bool:

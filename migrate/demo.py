@@ -1,0 +1,142 @@
+"""The whole migration on an embedded default: local PostgreSQL and S3, realistic legacy data.
+
+Runbook:
+  1. Start a PostgreSQL (pgserver) and an S3 server (SeaweedFS) in a fresh folder.
+  2. Seed legacy data in both: workflows, processes, tasks, artifacts, logs, awkward keys.
+  3. Fold workflows into processes (db-fold-workflow).
+  4. Move every legacy key to its new key (s3-rename), then verify database and buckets agree.
+  5. Clean up the expired processes (ponos-maint cleanup), then verify again.
+  6. Print the before/after table, stop both servers and delete the folder.
+Every run starts from scratch, so the demo can be run again and again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Optional
+
+import psycopg
+
+from maint.cleanup import CleanupOptions, run_cleanup
+from ponoskit import keys, local, schema, seed
+from ponoskit.connections import S3Settings
+from ponoskit.context import Context
+from ponoskit.errors import PonosError
+from ponoskit.report import Report
+from ponoskit.s3.listing import iter_pages
+
+from .db_fold_workflow import FoldOptions, fold_workflows
+from .s3_rename import RenameOptions, rename
+from .verify import verify
+
+ARTIFACTS, LOGS = "ponos-artifacts", "ponos-logs"
+TABLES = ("ponos_workflow", "process_process", "ponos_task", "ponos_artifact", "ponos_task_parents",
+          "process_workerrun")
+
+
+@dataclass
+class Step:
+    name: str
+    ok: bool
+    summary: str
+    seconds: float
+
+
+def snapshot(dsn: str, s3_context: Context) -> dict[str, object]:
+    """Row counts per table and object counts per key layout."""
+    counts: dict[str, object] = {}
+    with psycopg.connect(dsn) as conn:
+        for table in TABLES:
+            counts[table] = (conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                             if schema.table_exists(conn, table) else "dropped")
+        counts["schema"] = schema.schema_state(conn)
+        for bucket, role in ((ARTIFACTS, "artifacts"), (LOGS, "logs")):
+            layout = {"legacy": 0, "new": 0, "other": 0}
+            for page in iter_pages(s3_context.s3, bucket):
+                ids = sorted({t for obj in page for t in keys.task_ids_in(obj.key)})
+                known = {r[0] for r in conn.execute(
+                    "SELECT id::text FROM ponos_task WHERE id = ANY(%s::uuid[])", (ids,))}
+                for obj in page:
+                    found = keys.classify(obj.key, known, logs=role == "logs", artifacts=role == "artifacts")
+                    kind = ("legacy" if found.is_legacy else
+                            "new" if found.kind in (keys.Kind.NEW_ARTIFACT, keys.Kind.NEW_LOG) else "other")
+                    layout[kind] += 1
+            for kind, number in layout.items():
+                counts[f"s3 {role}: {kind} keys"] = number
+    return counts
+
+
+def run_step(name: str, settings: S3Settings, dsn: str, body: Callable[[Context], bool],
+             summary: Callable[[Report], str], echo: Callable[[str], None]) -> Step:
+    report = Report(name)
+    echo(f"==> {name}")
+    with Context(job=name, dsn=dsn, s3=settings, report=report) as context:
+        try:
+            ok = bool(body(context))
+        except PonosError as err:
+            ok, report.errors[:] = False, [str(err)]
+    text = summary(report) + (f"; error: {report.errors[0]}" if report.errors else "")
+    seconds = report.to_dict()["seconds"]
+    echo(f"    {'ok' if ok else 'FAILED'} in {seconds:.1f}s: {text}")
+    return Step(name, ok, text, seconds)
+
+
+def _counts(report: Report, *names: str) -> str:
+    return ", ".join(f"{name.replace('_', ' ')} {report.counts[name]}" for name in names)
+
+
+def run_demo(*, processes: int, workdir: Optional[Path], echo: Callable[[str], None]) -> bool:
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="ponos-demo-"))
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    try:
+        echo(f"Starting PostgreSQL and SeaweedFS (S3) in {root} ...")
+        with local.postgres(root / "pg") as dsn, local.seaweedfs(root / "s3") as s3:
+            settings = S3Settings(endpoint_url=s3.endpoint_url)
+            with s3.credentials_in_environment():
+                return _run(dsn, settings, processes, echo)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(dsn: str, settings: S3Settings, processes: int, echo) -> bool:
+    with Context(job="demo-seed", dsn=dsn, s3=settings) as context:
+        for bucket in (ARTIFACTS, LOGS):
+            context.s3.create_bucket(Bucket=bucket)
+        summary, counts = seed.seed_all(context, context.db, seed.SeedSpec(processes=processes),
+                                        artifacts_bucket=ARTIFACTS, logs_bucket=LOGS)
+        echo(f"Seeded {summary.workflows} workflows, {summary.processes} processes, {summary.tasks} tasks, "
+             f"{summary.artifacts} artifacts, {counts['logs']} logs, {counts['unrecognized']} foreign keys")
+        before = snapshot(dsn, context)
+
+    buckets = {"artifacts_bucket": ARTIFACTS, "logs_bucket": LOGS}
+    steps = [
+        run_step("db-fold-workflow", settings, dsn, lambda c: fold_workflows(c, FoldOptions()) or True,
+                 lambda r: f"{len(r.phases)} phases", echo),
+        run_step("s3-rename", settings, dsn, lambda c: rename(c, RenameOptions(**buckets)),
+                 lambda r: _counts(r, "moved", "already_moved", "conflicts", "failed", "unrecognized"), echo),
+        run_step("verify", settings, dsn, lambda c: verify(c, **buckets),
+                 lambda r: _counts(r, "artifacts_found", "logs_found", "missing_artifacts", "legacy_left"), echo),
+        run_step("cleanup", settings, dsn, lambda c: run_cleanup(c, CleanupOptions(
+            ARTIFACTS, LOGS, datetime.now(timezone.utc))).complete,
+            lambda r: ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(r.counts.items())), echo),
+        run_step("verify (after cleanup)", settings, dsn, lambda c: verify(c, **buckets),
+                 lambda r: _counts(r, "artifacts_found", "logs_found", "missing_artifacts", "legacy_left"), echo),
+    ]
+    with Context(job="demo-after", dsn=dsn, s3=settings) as context:
+        after = snapshot(dsn, context)
+
+    width = max(len(name) for name in before)
+    echo("")
+    echo(f"{'':{width}}  {'before':>10}  {'after':>10}")
+    for name in before:
+        echo(f"{name:{width}}  {before[name]!s:>10}  {after[name]!s:>10}")
+    ok = all(step.ok for step in steps)
+    echo("")
+    echo("Demo finished: every step succeeded." if ok else
+         "Demo FAILED: " + ", ".join(step.name for step in steps if not step.ok))
+    return ok
