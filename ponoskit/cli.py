@@ -19,6 +19,8 @@ from tqdm import tqdm
 
 from .connections import redact
 from .errors import PonosError
+from .metrics import write_textfile
+from .report import Report
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
 
@@ -61,16 +63,27 @@ def run_job(fn: Callable[..., int]) -> Callable[..., None]:
     """Wrap a click command body: typed errors become a one-line message and an exit code."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        Report.latest = None
         try:
-            code = fn(*args, **kwargs)
+            code = fn(*args, **kwargs) or EXIT_OK
         except PonosError as err:
             click.echo(f"Error: {redact(str(err))}", err=True)
-            sys.exit(err.exit_code)
+            code = err.exit_code
         except KeyboardInterrupt:
             click.echo("Interrupted: run again to resume.", err=True)
-            sys.exit(130)
-        sys.exit(code or EXIT_OK)
+            code = 130
+        _write_metrics(code)
+        sys.exit(code)
     return wrapper
+
+
+def _write_metrics(code: int) -> None:
+    path = click.get_current_context().meta.get("ponos.metrics_file")
+    if path and Report.latest is not None:
+        try:
+            write_textfile(path, Report.latest.to_dict(), code)
+        except OSError as exc:
+            click.echo(f"Warning: cannot write --metrics-file {path}: {exc}", err=True)
 
 
 # --- shared options ---------------------------------------------------------------------
@@ -95,8 +108,16 @@ def bucket_options(f):
     return f
 
 
-def run_options(f):
-    f = click.option("--dry-run", is_flag=True, help="Plan and count; change nothing.")(f)
+def _remember_metrics_file(ctx: click.Context, _param, value: Optional[str]) -> None:
+    if value:
+        ctx.meta["ponos.metrics_file"] = value
+
+
+def output_options(f):
+    """Where a run's results go: the JSON report, log verbosity and format, metrics."""
+    f = click.option("--metrics-file", default=None, metavar="FILE", expose_value=False,
+                     callback=_remember_metrics_file,
+                     help="Write the run's counts, duration and exit code as a Prometheus textfile.")(f)
     f = click.option("--report", "report_path", default=None, metavar="FILE",
                      help="Write a JSON report to FILE ('-' for stdout).")(f)
     f = click.option("-v", "--verbose", "verbosity", count=True, help="More log output.")(f)
@@ -104,6 +125,12 @@ def run_options(f):
     f = click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
                      show_default=True, help="Log lines for humans or JSON lines for collectors.")(f)
     return f
+
+
+def run_options(f):
+    """The options of a job that changes things: --dry-run and the output options."""
+    f = click.option("--dry-run", is_flag=True, help="Plan and count; change nothing.")(f)
+    return output_options(f)
 
 
 def init_logging(verbosity: int, quiet: bool, log_format: str) -> None:

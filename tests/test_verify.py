@@ -80,3 +80,14 @@ def test_verify_bad_input(seeded, s3_env, tmp_path):
     assert code == 2 and "--artifacts-bucket" in stderr
     code, _, stderr = run_verify(s3_env, tmp_path, "--dsn", seeded["dsn"], "--logs-bucket", "missing-bucket-x")
     assert code == 2 and "does not exist" in stderr
+
+
+def test_verify_writes_prometheus_metrics(seeded, s3_env, tmp_path):
+    metrics = tmp_path / "verify.prom"
+    code, report, _ = run_verify(s3_env, tmp_path, "--artifacts-bucket", seeded["artifacts"],
+                                 "--dsn", seeded["dsn"], "--metrics-file", str(metrics))
+    assert code == 1  # nothing renamed yet
+    text = metrics.read_text()
+    assert 'ponos_job_exit_code{job="verify"} 1' in text
+    assert (f'ponos_job_items{{job="verify",item="legacy_left"}} {report["counts"]["legacy_left"]}') in text
+    assert not list(tmp_path.glob(".verify.prom.*"))  # written atomically, no temporary left

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ponoskit.cli import EXIT_INCOMPLETE, EXIT_OK, bucket_options, dsn_option, init_logging, run_job, s3_options
+from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, bucket_options, dsn_option, init_logging, output_options,
+                          run_job, s3_options)
 from ponoskit.connections import S3Settings, describe_dsn
 from ponoskit.context import Context
 from ponoskit.errors import PonosError
@@ -17,12 +18,7 @@ from ..verify import PROBLEMS, verify
 @bucket_options
 @s3_options
 @dsn_option
-@click.option("--report", "report_path", default=None, metavar="FILE",
-              help="Write a JSON report to FILE ('-' for stdout).")
-@click.option("-v", "--verbose", "verbosity", count=True, help="More log output.")
-@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="Log lines for humans or JSON lines for collectors.")
+@output_options
 @run_job
 def command(artifacts_bucket, logs_bucket, endpoint_url, profile, dsn, report_path, verbosity, quiet, log_format):
     """Check that the database and the buckets agree (read only).
