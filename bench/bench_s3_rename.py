@@ -44,14 +44,17 @@ AVERAGE_TASKS_PER_PROCESS = 3.5  # SeedSpec.tasks_per_process = (1, 6)
 
 def run_measured(argv: list[str], env: dict) -> tuple[float, int, int]:
     """Run a process; return (seconds, peak RSS in MiB, exit code)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace")
-    if proc.returncode != 0:
-        print(err[-2000:], file=sys.stderr)
+    # stderr to a file, not a pipe: a chatty process would fill the pipe and block forever.
+    with tempfile.TemporaryFile() as errors:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            errors.seek(0)
+            lines = errors.read().decode(errors="replace").splitlines()
+            print(f"  {len(lines)} error lines, last ones:", *lines[-5:], sep="\n    ", file=sys.stderr)
     return seconds, usage.ru_maxrss // 1024, proc.returncode
 
 
@@ -125,7 +128,8 @@ asyncio.run(main())
 """
 
 
-def bench_scale(ctx, admin_dsn: str, endpoint: str, env: dict, tasks: int, workers: int, work: Path) -> dict:
+def bench_scale(ctx, admin_dsn: str, endpoint: str, env: dict, tasks: int, workers: int, work: Path,
+                contenders: list[str]) -> dict:
     processes = max(1, round(tasks / AVERAGE_TASKS_PER_PROCESS))
     dbname = f"bench_rename_{tasks}"
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
@@ -151,7 +155,7 @@ def bench_scale(ctx, admin_dsn: str, endpoint: str, env: dict, tasks: int, worke
         expected = {role: legacy_moves(ctx, conn, base[role], artifacts=(role == "artifacts"), logs=(role == "logs"))
                     for role in base}
     results = {}
-    for name in ("raw-copy", "s5cmd", "ponos-migrate"):
+    for name in contenders:
         buckets = {role: f"{role[:3]}-{name[:5]}-{suffix}" for role in base}
         for role in base:
             duplicate_bucket(ctx, base[role], buckets[role])
@@ -160,6 +164,10 @@ def bench_scale(ctx, admin_dsn: str, endpoint: str, env: dict, tasks: int, worke
                     "--artifacts-bucket", buckets["artifacts"], "--logs-bucket", buckets["logs"],
                     "--dsn", dsn, "--workers", str(workers), "--report", str(work / f"report-{suffix}.json")]
             seconds, rss, code = run_measured(argv, env)
+            phases = json.loads((work / f"report-{suffix}.json").read_text())["phases"]
+            print("  ponos-migrate phases: " + ", ".join(
+                f"{p['name']}{'(' + p['bucket'][:3] + ')' if 'bucket' in p else ''} {p['seconds']:.1f}s"
+                for p in phases), flush=True)
         else:
             # The peers need the list of moves first: listing + database, timed as theirs.
             t_plan = time.perf_counter()
@@ -216,6 +224,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--scales", default="1", help="multiples of --tasks, e.g. 1,10")
     parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--only", default="raw-copy,s5cmd,ponos-migrate",
+                        help="contenders to run, comma-separated (the memory curve needs ponos-migrate only)")
     parser.add_argument("--dsn", help="an existing PostgreSQL (admin) instead of a local one")
     parser.add_argument("--endpoint-url", help="an existing S3 server instead of a local SeaweedFS")
     args = parser.parse_args()
@@ -228,11 +238,12 @@ def main() -> None:
             table = []
             for scale in [int(x) for x in args.scales.split(",")]:
                 print(f"scale x{scale}: {args.tasks * scale} tasks", flush=True)
-                table.append(bench_scale(ctx, admin_dsn, s3.endpoint_url, env, args.tasks * scale, args.workers, work))
+                table.append(bench_scale(ctx, admin_dsn, s3.endpoint_url, env, args.tasks * scale, args.workers,
+                                         work, args.only.split(",")))
             print("\n| tasks | objects | contender | s | obj/s | ours faster by | peak MiB |")
             print("|---:|---:|---|---:|---:|---:|---:|")
             for row in table:
-                ours = row["results"]["ponos-migrate"]["seconds"]
+                ours = row["results"].get("ponos-migrate", {}).get("seconds", float("nan"))
                 for name, r in row["results"].items():
                     print(f"| {row['tasks']} | {row['objects']} | {name} | {r['seconds']:.1f} | "
                           f"{r['objects_per_s']:.0f} | {r['seconds'] / ours:.2f}x | {r['peak_rss_mib']} |")
