@@ -38,6 +38,7 @@ from ponoskit import keys, local, seed  # noqa: E402
 from ponoskit.connections import S3Settings  # noqa: E402
 from ponoskit.context import Context  # noqa: E402
 from ponoskit.s3.listing import iter_objects  # noqa: E402
+from ponoskit.tasks import known_tasks_of_keys  # noqa: E402
 
 AVERAGE_TASKS_PER_PROCESS = 3.5  # SeedSpec.tasks_per_process = (1, 6)
 
@@ -85,8 +86,7 @@ def legacy_moves(ctx, conn, bucket: str, *, artifacts: bool, logs: bool) -> list
     page = []
 
     def flush():
-        ids = sorted({t for obj in page for t in keys.task_ids_in(obj.key)})
-        known = {r[0] for r in conn.execute("SELECT id::text FROM ponos_task WHERE id = ANY(%s::uuid[])", (ids,))}
+        known = known_tasks_of_keys(conn, (obj.key for obj in page))
         for obj in page:
             found = keys.classify(obj.key, known, artifacts=artifacts, logs=logs)
             if found.is_legacy:

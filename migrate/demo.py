@@ -28,6 +28,7 @@ from ponoskit.context import Context
 from ponoskit.errors import PonosError
 from ponoskit.report import Report
 from ponoskit.s3.listing import iter_pages
+from ponoskit.tasks import known_tasks_of_keys
 
 from .db_fold_workflow import FoldOptions, fold_workflows
 from .s3_rename import RenameOptions, rename
@@ -57,9 +58,7 @@ def snapshot(dsn: str, s3_context: Context) -> dict[str, object]:
         for bucket, role in ((ARTIFACTS, "artifacts"), (LOGS, "logs")):
             layout = {"legacy": 0, "new": 0, "other": 0}
             for page in iter_pages(s3_context.s3, bucket):
-                ids = sorted({t for obj in page for t in keys.task_ids_in(obj.key)})
-                known = {r[0] for r in conn.execute(
-                    "SELECT id::text FROM ponos_task WHERE id = ANY(%s::uuid[])", (ids,))}
+                known = known_tasks_of_keys(conn, (obj.key for obj in page))
                 for obj in page:
                     found = keys.classify(obj.key, known, logs=role == "logs", artifacts=role == "artifacts")
                     kind = ("legacy" if found.is_legacy else

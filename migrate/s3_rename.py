@@ -30,6 +30,7 @@ from ponoskit.s3.copy import COPY_OBJECT_LIMIT
 from ponoskit.s3.listing import ObjectInfo, iter_pages, iter_top_level
 from ponoskit.schema import table_exists
 from ponoskit.shard import Shard
+from ponoskit.tasks import known_tasks_of_keys
 
 from .s3_mover import MoveResult, ObjectMover, Outcome
 
@@ -135,13 +136,7 @@ def scan_destinations(context, bucket: str) -> UUIDBloomFilter:
 
 def known_tasks(context, page: Iterable[ObjectInfo]) -> Optional[set[str]]:
     """Which UUIDs of this page are task ids (None without a database)."""
-    if not context.use_db:
-        return None
-    candidates = sorted({task for obj in page for task in keys.task_ids_in(obj.key)})
-    if not candidates:
-        return set()
-    rows = context.db.execute("SELECT id::text FROM ponos_task WHERE id = ANY(%s::uuid[])", (candidates,))
-    return {row[0] for row in rows}
+    return known_tasks_of_keys(context.db, (obj.key for obj in page)) if context.use_db else None
 
 
 def move_bucket(context, bucket_pass: BucketPass, options: RenameOptions, present: UUIDBloomFilter,

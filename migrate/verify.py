@@ -20,6 +20,7 @@ from ponoskit.cli import progress
 from ponoskit.connections import check_bucket
 from ponoskit.errors import ConfigError
 from ponoskit.s3.listing import ObjectInfo, iter_pages
+from ponoskit.tasks import known_tasks_of_keys
 
 LISTED_LIMIT = 1000
 PROBLEMS = ("missing_artifacts", "size_mismatches", "legacy_left", "fold_under_way")
@@ -47,7 +48,7 @@ def verify(context, *, artifacts_bucket: Optional[str], logs_bucket: Optional[st
     if logs_bucket and not shared:
         with report.phase("logs", bucket=logs_bucket):
             for page in _pages(context, logs_bucket):
-                tasks = _known_tasks(context, page)
+                tasks = known_tasks_of_keys(context.db, (obj.key for obj in page))
                 for obj in page:
                     classify_left(report, keys.classify(obj.key, tasks, logs=True, artifacts=False), tasks)
     return not any(report.counts[name] for name in PROBLEMS)
@@ -59,14 +60,6 @@ def _pages(context, bucket: str) -> Iterator[list[ObjectInfo]]:
             context.report.count("objects", len(page))
             bar.update(len(page))
             yield page
-
-
-def _known_tasks(context, page: list[ObjectInfo]) -> set[str]:
-    candidates = sorted({task for obj in page for task in keys.task_ids_in(obj.key)})
-    if not candidates:
-        return set()
-    rows = context.db.execute("SELECT id::text FROM ponos_task WHERE id = ANY(%s::uuid[])", (candidates,))
-    return {row[0] for row in rows}
 
 
 def _artifact_rows(conn) -> Iterator[tuple[str, int]]:
@@ -87,7 +80,7 @@ def check_artifacts(context, bucket: str, *, logs: bool) -> None:
         rows = _artifact_rows(conn)
         row = next(rows, None)
         for page in _pages(context, bucket):
-            tasks = _known_tasks(context, page)
+            tasks = known_tasks_of_keys(context.db, (obj.key for obj in page))
             for obj in page:
                 while row is not None and row[0] < obj.key:
                     report.add("missing_artifacts", row[0], limit=LISTED_LIMIT)
