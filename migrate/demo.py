@@ -23,6 +23,7 @@ import psycopg
 
 from maint.cleanup import CleanupOptions, run_cleanup
 from ponoskit import keys, local, schema, seed
+from ponoskit.cli import progress
 from ponoskit.connections import S3Settings
 from ponoskit.context import Context
 from ponoskit.errors import PonosError
@@ -114,17 +115,19 @@ def _run(dsn: str, settings: S3Settings, processes: int, echo) -> bool:
 
     buckets = {"artifacts_bucket": ARTIFACTS, "logs_bucket": LOGS}
     steps = [
-        run_step("db-fold-workflow", settings, dsn, lambda c: fold_workflows(c, FoldOptions()) or True,
+        run_step("db-fold-workflow", settings, dsn, lambda c: fold_workflows(c, FoldOptions(), progress=progress) or True,
                  lambda r: f"{len(r.phases)} phases", echo),
         run_step("s3-rename", settings, dsn, lambda c: rename(c, RenameOptions(**buckets)),
                  lambda r: _counts(r, "moved", "already_moved", "conflicts", "failed", "unrecognized"), echo),
         run_step("verify", settings, dsn, lambda c: verify(c, **buckets),
-                 lambda r: _counts(r, "artifacts_found", "logs_found", "missing_artifacts", "legacy_left"), echo),
+                 lambda r: _counts(r, "artifacts_found", "logs_found", "missing_artifacts", "legacy_left",
+                                   "missing_logs"), echo),
         run_step("cleanup", settings, dsn, lambda c: run_cleanup(c, CleanupOptions(
             ARTIFACTS, LOGS, datetime.now(timezone.utc))).complete,
             lambda r: ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(r.counts.items())), echo),
         run_step("verify (after cleanup)", settings, dsn, lambda c: verify(c, **buckets),
-                 lambda r: _counts(r, "artifacts_found", "logs_found", "missing_artifacts", "legacy_left"), echo),
+                 lambda r: _counts(r, "artifacts_found", "logs_found", "missing_artifacts", "legacy_left",
+                                   "missing_logs"), echo),
     ]
     with Context(job="demo-after", dsn=dsn, s3=settings) as context:
         after = snapshot(dsn, context)

@@ -2,9 +2,11 @@
 
 Runbook:
   1. The schema: legacy, folded, or a fold under way (a fold under way is a problem).
-  2. The artifacts bucket against ``ponos_artifact``: both are walked in key order at once (the
-     rows sorted with the "C" collation, which is S3's byte order), so memory stays flat. Every
-     row must have its object at ``<task>/<path>`` with the row's size.
+  2. Each bucket against the rows that expect objects in it: both are walked in key order at
+     once (the rows sorted with the "C" collation, which is S3's byte order), so memory stays
+     flat and no object needs a HEAD. Every ``ponos_artifact`` row must have its object at
+     ``<task>/<path>`` with the row's size; a finished task's log is expected at
+     ``<task>.log`` (missing logs are reported, not fatal: some tasks never wrote one).
   3. Every key of every bucket is classified with the task table: a legacy key still there is a
      problem; new-layout objects of unknown tasks (orphans, for ``ponos-maint orphans``) and
      keys of neither layout are counted.
@@ -20,7 +22,7 @@ from ponoskit.cli import progress
 from ponoskit.connections import check_bucket
 from ponoskit.errors import ConfigError
 from ponoskit.s3.listing import ObjectInfo, iter_pages
-from ponoskit.tasks import known_tasks_of_keys
+from ponoskit.tasks import FINISHED_STATES, known_tasks_of_keys
 
 LISTED_LIMIT = 1000
 PROBLEMS = ("missing_artifacts", "size_mismatches", "legacy_left", "fold_under_way")
@@ -42,15 +44,11 @@ def verify(context, *, artifacts_bucket: Optional[str], logs_bucket: Optional[st
         report.add("fold_under_way", "db-fold-workflow has not finished: run it again")
 
     shared = artifacts_bucket == logs_bucket
-    if artifacts_bucket:
-        with report.phase("artifacts", bucket=artifacts_bucket):
-            check_artifacts(context, artifacts_bucket, logs=shared)
-    if logs_bucket and not shared:
-        with report.phase("logs", bucket=logs_bucket):
-            for page in _pages(context, logs_bucket):
-                tasks = known_tasks_of_keys(context.db, (obj.key for obj in page))
-                for obj in page:
-                    classify_left(report, keys.classify(obj.key, tasks, logs=True, artifacts=False), tasks)
+    for bucket, holds_artifacts, holds_logs in (
+            (artifacts_bucket, True, shared), (None if shared else logs_bucket, False, True)):
+        if bucket:
+            with report.phase("check", bucket=bucket):
+                check_bucket_against_rows(context, bucket, artifacts=holds_artifacts, logs=holds_logs)
     return not any(report.counts[name] for name in PROBLEMS)
 
 
@@ -62,41 +60,62 @@ def _pages(context, bucket: str) -> Iterator[list[ObjectInfo]]:
             yield page
 
 
-def _artifact_rows(conn) -> Iterator[tuple[str, int]]:
-    """Every artifact's new key and size, in S3's key order, streamed from a named cursor."""
-    with conn.cursor(name="verify_artifacts") as cursor:
+def _expected_objects(conn, *, artifacts: bool, logs: bool) -> Iterator[tuple[str, Optional[int], bool]]:
+    """(key, size, required) of every object the database expects, in S3's key order.
+
+    Artifacts are required, with their recorded size; logs of finished tasks are expected but
+    not required (some tasks never wrote one). Streamed from a named cursor.
+    """
+    parts = []
+    if artifacts:
+        parts.append("SELECT (task_id::text || '/' || path) COLLATE \"C\" AS key, size, true AS required "
+                     "FROM ponos_artifact")
+    if logs:
+        parts.append("SELECT (id::text || '.log') COLLATE \"C\" AS key, NULL::bigint AS size, false AS required "
+                     "FROM ponos_task "
+                     "WHERE state = ANY(%(finished)s)")
+    with conn.cursor(name="verify_expected") as cursor:
         cursor.itersize = 5000
-        cursor.execute("SELECT (task_id::text || '/' || path) COLLATE \"C\" AS key, size "
-                       "FROM ponos_artifact ORDER BY key")
+        cursor.execute(" UNION ALL ".join(parts) + " ORDER BY key", {"finished": list(FINISHED_STATES)})
         yield from cursor
 
 
-def check_artifacts(context, bucket: str, *, logs: bool) -> None:
-    """Walk rows and objects side by side: a merge join of two sorted streams."""
+def check_bucket_against_rows(context, bucket: str, *, artifacts: bool, logs: bool) -> None:
+    """Walk expected objects and listed objects side by side: a merge join of two sorted streams."""
     report = context.report
+
+    def missing(key: str, required: bool) -> None:
+        if required:
+            report.add("missing_artifacts", key, limit=LISTED_LIMIT)
+        else:
+            report.add("missing_logs", key, limit=LISTED_LIMIT)
+
     # A named cursor lives in a transaction: use a connection of its own, read only.
     with context.connect(autocommit=False) as conn:
         conn.read_only = True
-        rows = _artifact_rows(conn)
-        row = next(rows, None)
+        expected = _expected_objects(conn, artifacts=artifacts, logs=logs)
+        row = next(expected, None)
         for page in _pages(context, bucket):
             tasks = known_tasks_of_keys(context.db, (obj.key for obj in page))
             for obj in page:
                 while row is not None and row[0] < obj.key:
-                    report.add("missing_artifacts", row[0], limit=LISTED_LIMIT)
-                    row = next(rows, None)
+                    missing(row[0], row[2])
+                    row = next(expected, None)
                 if row is not None and row[0] == obj.key:
-                    if row[1] is not None and row[1] != obj.size:
-                        report.add("size_mismatches", {"key": obj.key, "row": row[1], "object": obj.size},
+                    key, size, required = row
+                    if not required:
+                        report.count("logs_found")
+                    elif size is not None and size != obj.size:
+                        report.add("size_mismatches", {"key": key, "row": size, "object": obj.size},
                                    limit=LISTED_LIMIT)
                     else:
                         report.count("artifacts_found")
-                    row = next(rows, None)
+                    row = next(expected, None)
                     continue
-                classify_left(report, keys.classify(obj.key, tasks, logs=logs, artifacts=True), tasks)
+                classify_left(report, keys.classify(obj.key, tasks, logs=logs, artifacts=artifacts), tasks)
         while row is not None:
-            report.add("missing_artifacts", row[0], limit=LISTED_LIMIT)
-            row = next(rows, None)
+            missing(row[0], row[2])
+            row = next(expected, None)
         conn.rollback()
 
 

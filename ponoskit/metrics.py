@@ -1,8 +1,8 @@
 """Prometheus textfile output: a cron job's last run, for node_exporter's textfile collector.
 
 ``--metrics-file /var/lib/node_exporter/textfile/ponos_cleanup.prom`` leaves, after every run,
-gauges an alert can watch: when the job last ran, how long it took, its exit code, and every
-count of its report. The file is written to a temporary name and renamed, as the collector
+gauges an alert can watch: when the job last succeeded (carried over failed runs), when it
+last ran, how long it took, its exit code, and every count of its report. The file is written to a temporary name and renamed, as the collector
 requires, so it never reads half a file.
 """
 
@@ -13,7 +13,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 
 def _label(value: str) -> str:
@@ -24,9 +24,28 @@ def _metric_name(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", text)
 
 
-def render(report: dict[str, Any], exit_code: int) -> str:
+def _previous_success(path: Path, job: str) -> Optional[str]:
+    """The last success time the file already holds, carried over a failed run."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = re.search(rf'^ponos_job_last_success_timestamp_seconds{{job="{re.escape(job)}"}} (\S+)$', text, re.M)
+    return match[1] if match else None
+
+
+def render(report: dict[str, Any], exit_code: int, last_success: Optional[str] = None) -> str:
     job = _label(report["job"])
-    lines = [
+    if exit_code == 0:
+        last_success = f"{time.time():.0f}"
+    lines = []
+    if last_success is not None:
+        lines += [
+            "# HELP ponos_job_last_success_timestamp_seconds When the job last finished everything due (Unix time).",
+            "# TYPE ponos_job_last_success_timestamp_seconds gauge",
+            f'ponos_job_last_success_timestamp_seconds{{job="{job}"}} {last_success}',
+        ]
+    lines += [
         "# HELP ponos_job_last_run_timestamp_seconds When the job last finished (Unix time).",
         "# TYPE ponos_job_last_run_timestamp_seconds gauge",
         f'ponos_job_last_run_timestamp_seconds{{job="{job}"}} {time.time():.0f}',
@@ -49,7 +68,7 @@ def write_textfile(path: str, report: dict[str, Any], exit_code: int) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent if str(target.parent) else ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(render(report, exit_code))
+            out.write(render(report, exit_code, _previous_success(target, _label(report["job"]))))
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:

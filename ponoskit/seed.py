@@ -20,7 +20,7 @@ from typing import Iterator, Optional
 
 import psycopg
 
-from . import keys
+from . import keys, tasks
 
 AWKWARD_PATHS = [
     "results/page 1.json",
@@ -37,8 +37,8 @@ AWKWARD_PATHS = [
 CONTENT_TYPES = ["application/json", "text/plain; charset=utf-8", "application/octet-stream",
                  "application/gzip", "text/xml"]
 UNRECOGNIZED_KEYS = ["README", "tmp/scratch.txt", "tmp/", "backup-2021/notes.md"]
-FINISHED_STATES = ["completed", "failed", "error", "stopped"]
-UNFINISHED_STATES = ["unscheduled", "pending", "running", "stopping"]
+FINISHED_STATES = list(tasks.FINISHED_STATES)
+UNFINISHED_STATES = list(tasks.UNFINISHED_STATES)
 
 
 @dataclass

@@ -12,6 +12,10 @@ import psycopg
 
 from . import keys
 
+# Ponos task states (ponos.models.State): a finished task will not write again.
+FINISHED_STATES = ("completed", "failed", "error", "stopped")
+UNFINISHED_STATES = ("unscheduled", "pending", "running", "stopping")
+
 
 def existing_task_ids(conn: psycopg.Connection, candidates: Iterable[str]) -> set[str]:
     """The lower-case ids among ``candidates`` that are rows of ``ponos_task``."""

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
+import time
 import uuid
 
 import psycopg
 from click.testing import CliRunner
 
 from migrate.cli import main
+from tests.conftest import list_keys
 from tests.test_s3_rename import rename
 
 
@@ -41,6 +44,13 @@ def test_verify_before_and_after_the_rename(seeded, s3_env, tmp_path):
     assert after["counts"]["logs_found"] == seeded["counts"]["logs"]
     assert after["counts"].get("legacy_left", 0) == after["counts"].get("missing_artifacts", 0) == 0
     assert after["counts"]["unrecognized"] == seeded["counts"]["unrecognized"]
+    # Finished tasks without a log are reported, not fatal.
+    with psycopg.connect(seeded["dsn"]) as conn:
+        finished = {r[0] for r in conn.execute(
+            "SELECT id::text FROM ponos_task WHERE state IN ('completed', 'failed', 'error', 'stopped')")}
+    logs = {k[:-len(".log")] for k in list_keys(seeded["ctx"].s3, seeded["logs"])}
+    assert finished - logs, "the seed leaves some tasks without a log"
+    assert sorted(after["items"]["missing_logs"]) == sorted(f"{t}.log" for t in finished - logs)
 
 
 def test_verify_finds_missing_objects_orphans_and_size_mismatches(seeded, s3_env, tmp_path):
@@ -91,3 +101,17 @@ def test_verify_writes_prometheus_metrics(seeded, s3_env, tmp_path):
     assert 'ponos_job_exit_code{job="verify"} 1' in text
     assert (f'ponos_job_items{{job="verify",item="legacy_left"}} {report["counts"]["legacy_left"]}') in text
     assert not list(tmp_path.glob(".verify.prom.*"))  # written atomically, no temporary left
+    assert "last_success" not in text  # it never succeeded
+
+    args = ["--artifacts-bucket", seeded["artifacts"], "--dsn", seeded["dsn"], "--metrics-file", str(metrics)]
+    assert rename(s3_env, *args[:4], tmp_path=tmp_path)[0] == 0
+    assert run_verify(s3_env, tmp_path, *args)[0] == 0
+    success = re.search(r'last_success_timestamp_seconds\{job="verify"\} (\d+)', metrics.read_text())[1]
+    first_key = next(k for k in list_keys(seeded["ctx"].s3, seeded["artifacts"]) if "/" in k and k[0] != "b"
+                     and k.split("/")[1])  # an artifact, not README, tmp/ or backup-2021/
+    seeded["ctx"].s3.delete_object(Bucket=seeded["artifacts"], Key=first_key)
+    time.sleep(1.1)
+    assert run_verify(s3_env, tmp_path, *args)[0] == 1
+    text = metrics.read_text()
+    assert f'ponos_job_last_success_timestamp_seconds{{job="verify"}} {success}' in text  # carried over
+    assert 'ponos_job_exit_code{job="verify"} 1' in text

@@ -8,8 +8,8 @@ from ponoskit.cli import EXIT_INCOMPLETE, EXIT_OK, init_logging, run_job
 
 
 @click.command("demo")
-@click.option("--processes", type=click.IntRange(1, 100_000), default=200, show_default=True,
-              help="Started processes to seed (each with 1-6 tasks).")
+@click.option("--processes", type=click.IntRange(1, 100_000), default=1000, show_default=True,
+              help="Started processes to seed (each with 1-6 tasks: about 3,500 tasks and 10,000 objects).")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None,
               help="Folder for the servers' data (wiped first, deleted after); default a temporary one.")
 @click.option("-v", "--verbose", "verbosity", count=True, help="Show every job's log lines.")

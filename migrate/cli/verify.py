@@ -24,7 +24,8 @@ def command(artifacts_bucket, logs_bucket, endpoint_url, profile, dsn, report_pa
     """Check that the database and the buckets agree (read only).
 
     Every artifact row has its object at <task>/<path> with the row's size, and no legacy key
-    is left. Orphans (objects of deleted tasks) and keys of neither layout are counted.
+    is left. Finished tasks without a log, orphans (objects of deleted tasks) and keys of
+    neither layout are reported but not fatal. One streamed listing per bucket, no HEADs.
     Exit 0 when they agree, 1 when they do not (see the report), 2 for bad usage or configuration.
     """
     init_logging(verbosity, quiet, log_format)
@@ -41,7 +42,7 @@ def command(artifacts_bucket, logs_bucket, endpoint_url, profile, dsn, report_pa
             report.write(report_path)
         counts = report.counts
         context.log.info("verify: %s", ", ".join(f"{name} {counts[name]}" for name in (
-            "artifacts_found", "logs_found", *PROBLEMS, "orphans", "orphan_legacy", "unindexed_objects",
+            "artifacts_found", "logs_found", *PROBLEMS, "missing_logs", "orphans", "orphan_legacy", "unindexed_objects",
             "unrecognized", "objects")))
         if not agree:
             context.log.warning("database and buckets disagree: see the report for the keys")
