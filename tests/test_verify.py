@@ -11,6 +11,7 @@ import psycopg
 from click.testing import CliRunner
 
 from migrate.cli import main
+from ponoskit.keys import is_uuid
 from tests.conftest import list_keys
 from tests.test_s3_rename import rename
 
@@ -107,8 +108,7 @@ def test_verify_writes_prometheus_metrics(seeded, s3_env, tmp_path):
     assert rename(s3_env, *args[:4], tmp_path=tmp_path)[0] == 0
     assert run_verify(s3_env, tmp_path, *args)[0] == 0
     success = re.search(r'last_success_timestamp_seconds\{job="verify"\} (\d+)', metrics.read_text())[1]
-    first_key = next(k for k in list_keys(seeded["ctx"].s3, seeded["artifacts"]) if "/" in k and k[0] != "b"
-                     and k.split("/")[1])  # an artifact, not README, tmp/ or backup-2021/
+    first_key = next(k for k in list_keys(seeded["ctx"].s3, seeded["artifacts"]) if is_uuid(k.split("/")[0]))
     seeded["ctx"].s3.delete_object(Bucket=seeded["artifacts"], Key=first_key)
     time.sleep(1.1)
     assert run_verify(s3_env, tmp_path, *args)[0] == 1
