@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,15 +44,36 @@ from ponoskit.tasks import known_tasks_of_keys  # noqa: E402
 AVERAGE_TASKS_PER_PROCESS = 3.5  # SeedSpec.tasks_per_process = (1, 6)
 
 
+def _rss_mib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2 ** 20
+    except OSError:
+        return 0
+
+
 def run_measured(argv: list[str], env: dict) -> tuple[float, int, int]:
-    """Run a process; return (seconds, peak RSS in MiB, exit code)."""
+    """Run a process; return (seconds, peak RSS in MiB, exit code). Prints the RSS curve."""
     # stderr to a file, not a pipe: a chatty process would fill the pipe and block forever.
     with tempfile.TemporaryFile() as errors:
         start = time.perf_counter()
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        curve: list[int] = []
+
+        def sample() -> None:
+            while proc.returncode is None:
+                curve.append(_rss_mib(proc.pid))
+                time.sleep(0.5)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
+        sampler.join()
+        if curve:  # resident memory at each tenth of the run: flat, or growing with the data?
+            print("    RSS MiB by tenth of the run:", [curve[min(len(curve) - 1, i * len(curve) // 10)]
+                                                       for i in range(1, 11)], flush=True)
         if proc.returncode != 0:
             errors.seek(0)
             lines = errors.read().decode(errors="replace").splitlines()
@@ -156,9 +178,12 @@ def bench_scale(ctx, admin_dsn: str, endpoint: str, env: dict, tasks: int, worke
                     for role in base}
     results = {}
     for name in contenders:
-        buckets = {role: f"{role[:3]}-{name[:5]}-{suffix}" for role in base}
-        for role in base:
-            duplicate_bucket(ctx, base[role], buckets[role])
+        if len(contenders) == 1:
+            buckets = dict(base)  # nobody else needs the seeded buckets
+        else:
+            buckets = {role: f"{role[:3]}-{name[:5]}-{suffix}" for role in base}
+            for role in base:
+                duplicate_bucket(ctx, base[role], buckets[role])
         if name == "ponos-migrate":
             argv = [str(ROOT / ".venv/bin/ponos-migrate"), "s3-rename", "--endpoint-url", endpoint,
                     "--artifacts-bucket", buckets["artifacts"], "--logs-bucket", buckets["logs"],
