@@ -1,0 +1,199 @@
+"""``ponos-maint``: the recurring maintenance jobs (cron, systemd timers, Kubernetes CronJobs).
+
+Exit codes: 0 everything due was done; 1 the run did part of it (see the report; run again);
+2 bad usage or configuration, nothing changed; 3 another run holds the lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import signal
+import threading
+from datetime import datetime, timedelta, timezone
+from typing import Callable, Iterator, Optional
+
+import click
+
+from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, bucket_options, dsn_option, init_logging, run_job,
+                          run_options, s3_options)
+from ponoskit.connections import S3Settings, redact
+from ponoskit.context import Context
+from ponoskit.errors import ConfigError, FlushError, PonosError
+
+from .cleanup import CleanupOptions, Outcome, run_cleanup
+from .orphans import OrphanOptions, run_orphans
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(option: str, value: Optional[str]) -> Optional[float]:
+    """Seconds from ``600``, ``10m``, ``1h30m``, ``7d``; ConfigError otherwise."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    parts = _DURATION_PART.findall(text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ConfigError(f"{option}: {value!r} is not a duration (examples: 600, 10m, 1h30m, 7d)")
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+def parse_before(value: Optional[str]) -> datetime:
+    """An ISO 8601 timestamp (UTC when it has no offset); now when absent."""
+    if value is None:
+        return datetime.now(timezone.utc)
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ConfigError(f"--before: {value!r} is not an ISO 8601 timestamp "
+                          "(example: 2024-05-01T00:00:00Z)") from None
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    if moment > datetime.now(timezone.utc):
+        logging.getLogger("ponos").warning(
+            "--before %s is in the future: what expires before then counts as expired", moment.isoformat())
+    return moment
+
+
+def _buckets(artifacts_bucket: Optional[str], logs_bucket: Optional[str]) -> tuple[str, str]:
+    artifacts = artifacts_bucket or os.environ.get("PONOS_ARTIFACTS_BUCKET")
+    logs = logs_bucket or os.environ.get("PONOS_LOGS_BUCKET")
+    if not artifacts or not logs:
+        raise ConfigError("--artifacts-bucket and --logs-bucket are required "
+                          "(or PONOS_ARTIFACTS_BUCKET and PONOS_LOGS_BUCKET)")
+    return artifacts, logs
+
+
+@contextlib.contextmanager
+def _sigterm_sets(stop: threading.Event) -> Iterator[None]:
+    """While the job runs, SIGTERM (systemd stop, Kubernetes deadline) stops it between batches."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _execute(ctx: Context, report_path: Optional[str], job: Callable[[], Outcome],
+             stop: threading.Event) -> int:
+    """Run the job, write the report whatever happens, turn the outcome into an exit code."""
+    status = "error"
+    try:
+        with _sigterm_sets(stop):
+            outcome = job()
+        status = "complete" if outcome.complete else "incomplete"
+        try:
+            ctx.close()
+        except FlushError as err:
+            ctx.report.error(redact(str(err)))
+            status = "incomplete"
+        return EXIT_OK if status == "complete" else EXIT_INCOMPLETE
+    except PonosError as err:
+        ctx.report.error(redact(str(err)))
+        raise
+    finally:
+        try:
+            ctx.close()
+        except FlushError:
+            pass  # already recorded above, or the job failed for another reason first
+        ctx.report.write(report_path, status=status)
+
+
+def common_options(f):
+    for decorate in (run_options, bucket_options, s3_options, dsn_option):
+        f = decorate(f)
+    f = click.option("--s3-max-attempts", type=click.IntRange(1, 100), default=10, show_default=True,
+                     help="Attempts per S3 request (botocore retries with backoff) before the run "
+                          "gives up on S3; lower it to fail fast.")(f)
+    f = click.option("--before", default=None, metavar="TIMESTAMP",
+                     help="ISO 8601 timestamp used instead of now (UTC when it has no offset).")(f)
+    f = click.option("--max-runtime", default=None, metavar="DURATION",
+                     help="Stop cleanly between batches after this long (600, 10m, 1h); "
+                          "keep it below the schedule period so runs never pile up.")(f)
+    return f
+
+
+def _context(job: str, dsn, endpoint_url, profile, s3_max_attempts, dry_run) -> Context:
+    return Context(job=job, dsn=dsn, dry_run=dry_run,
+                   s3=S3Settings(endpoint_url=endpoint_url, profile=profile, max_attempts=s3_max_attempts))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="ponos-toolkit")
+def main() -> None:
+    """Recurring maintenance of Ponos data in PostgreSQL and S3 (folded schema).
+
+    \b
+    Exit codes: 0 done; 1 part left (run again, see --report);
+                2 bad usage or configuration, nothing changed; 3 another run holds the lock.
+    """
+
+
+@main.command()
+@common_options
+@click.option("--batch-size", type=click.IntRange(1, 10_000), default=1000, show_default=True,
+              help="Tasks per transaction.")
+@click.option("--orphans", "with_orphans", is_flag=True,
+              help="After the cleanup, sweep objects whose task no longer exists (see `orphans`).")
+@click.option("--grace", default="7d", show_default=True, metavar="DURATION",
+              help="With --orphans: only objects last modified longer ago than this.")
+@run_job
+def cleanup(dsn, endpoint_url, profile, artifacts_bucket, logs_bucket, dry_run, report_path, verbosity,
+            quiet, log_format, s3_max_attempts, before, max_runtime, batch_size, with_orphans, grace):
+    """Delete the tasks of expired processes with their rows and their S3 files.
+
+    A process is expired when it has tasks and all of them expired before --before (default
+    now). Its tasks go with their artifact rows and parent links; a GPU is released; the
+    process, its worker runs and activities stay. A process with an unfinished task is left
+    alone and reported. S3 objects go after the commit; what S3 could not delete waits in the
+    ponos_cleanup_outbox table and goes first on the next run.
+    """
+    init_logging(verbosity, quiet, log_format)
+    artifacts, logs = _buckets(artifacts_bucket, logs_bucket)
+    moment = parse_before(before)
+    seconds = parse_duration("--max-runtime", max_runtime)
+    grace_period = timedelta(seconds=parse_duration("--grace", grace))
+    stop = threading.Event()
+    ctx = _context("cleanup", dsn, endpoint_url, profile, s3_max_attempts, dry_run)
+
+    def job() -> Outcome:
+        outcome = run_cleanup(ctx, CleanupOptions(artifacts, logs, moment, batch_size=batch_size,
+                                                  max_runtime=seconds, stop=stop))
+        if not with_orphans or not outcome.complete:
+            return outcome
+        return run_orphans(ctx, OrphanOptions(artifacts, logs, moment, grace_period,
+                                              max_runtime=seconds, stop=stop))
+
+    return _execute(ctx, report_path, job, stop)
+
+
+@main.command()
+@common_options
+@click.option("--grace", default="7d", show_default=True, metavar="DURATION",
+              help="Only objects last modified longer ago than this (before --before).")
+@run_job
+def orphans(dsn, endpoint_url, profile, artifacts_bucket, logs_bucket, dry_run, report_path, verbosity,
+            quiet, log_format, s3_max_attempts, before, max_runtime, grace):
+    """Delete new-layout objects (<task>/..., <task>.log) whose task no longer exists.
+
+    Only objects older than --grace are touched; legacy-layout and unrecognized keys are left
+    alone. Run it with --dry-run first.
+    """
+    init_logging(verbosity, quiet, log_format)
+    artifacts, logs = _buckets(artifacts_bucket, logs_bucket)
+    moment = parse_before(before)
+    seconds = parse_duration("--max-runtime", max_runtime)
+    grace_period = timedelta(seconds=parse_duration("--grace", grace))
+    stop = threading.Event()
+    ctx = _context("orphans", dsn, endpoint_url, profile, s3_max_attempts, dry_run)
+    return _execute(ctx, report_path, lambda: run_orphans(
+        ctx, OrphanOptions(artifacts, logs, moment, grace_period, max_runtime=seconds, stop=stop)), stop)
+
+
+if __name__ == "__main__":
+    main()
