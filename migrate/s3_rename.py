@@ -181,7 +181,7 @@ def move_bucket(context, bucket_pass: BucketPass, options: RenameOptions, presen
                 else:
                     decided &= record_left_alone(report, found)
             report.count("scanned", len(page))
-            pages.append((page[-1].key, futures, decided))
+            pages.append((resume_point(page, progress_state["after"]), futures, decided))
             in_flight += len(futures)
             settle(MAX_IN_FLIGHT)
             bar.update(len(page))
@@ -191,6 +191,18 @@ def move_bucket(context, bucket_pass: BucketPass, options: RenameOptions, presen
     progress_state["complete"] = clean
     save()
     return clean
+
+
+def resume_point(page: list[ObjectInfo], previous: Optional[str]) -> Optional[str]:
+    """The key to resume after once this page is done: its last key that is not a folder marker.
+
+    Some servers (SeaweedFS) list a folder's keys as a tree and take ``StartAfter=<folder>/`` as
+    "after the whole folder": resuming there would skip the keys inside it.
+    """
+    for obj in reversed(page):
+        if not obj.key.endswith("/"):
+            return obj.key
+    return previous
 
 
 def record(report, result: MoveResult) -> bool:

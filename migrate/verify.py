@@ -60,62 +60,84 @@ def _pages(context, bucket: str) -> Iterator[list[ObjectInfo]]:
             yield page
 
 
-def _expected_objects(conn, *, artifacts: bool, logs: bool) -> Iterator[tuple[str, Optional[int], bool]]:
-    """(key, size, required) of every object the database expects, in S3's key order.
+def _expected_objects(conn, *, artifacts: bool, logs: bool) -> Iterator[tuple[str, str, Optional[int], bool]]:
+    """(group, key, size, required) of every object the database expects, grouped by task.
 
     Artifacts are required, with their recorded size; logs of finished tasks are expected but
-    not required (some tasks never wrote one). Streamed from a named cursor.
+    not required (some tasks never wrote one). Streamed from a named cursor, in task id order
+    ("C" collation: byte order, as S3 sorts ids).
     """
     parts = []
     if artifacts:
-        parts.append("SELECT (task_id::text || '/' || path) COLLATE \"C\" AS key, size, true AS required "
+        parts.append("SELECT task_id::text COLLATE \"C\" AS task, task_id::text || '/' || path AS key, size, true AS required "
                      "FROM ponos_artifact")
     if logs:
-        parts.append("SELECT (id::text || '.log') COLLATE \"C\" AS key, NULL::bigint AS size, false AS required "
-                     "FROM ponos_task "
-                     "WHERE state = ANY(%(finished)s)")
+        parts.append("SELECT id::text COLLATE \"C\" AS task, id::text || '.log' AS key, NULL::bigint AS size, false AS required "
+                     "FROM ponos_task WHERE state = ANY(%(finished)s)")
     with conn.cursor(name="verify_expected") as cursor:
         cursor.itersize = 5000
-        cursor.execute(" UNION ALL ".join(parts) + " ORDER BY key", {"finished": list(FINISHED_STATES)})
+        cursor.execute(" UNION ALL ".join(parts) + " ORDER BY task",
+                       {"finished": list(FINISHED_STATES)})
         yield from cursor
 
 
+class _Merge:
+    """Walk expected objects and listed objects side by side, one task's objects at a time."""
+
+    def __init__(self, report, rows: Iterator[tuple[str, str, Optional[int], bool]]):
+        self.report = report
+        self.rows = rows
+        self.row = next(rows, None)
+
+    def _missing(self, key: str, required: bool) -> None:
+        self.report.add("missing_artifacts" if required else "missing_logs", key, limit=LISTED_LIMIT)
+
+    def group(self, group: str, listed: dict[str, tuple[ObjectInfo, keys.Classified, set]]) -> None:
+        while self.row is not None and self.row[0] < group:  # tasks with no object at all
+            self._missing(self.row[1], self.row[3])
+            self.row = next(self.rows, None)
+        expected = {}
+        while self.row is not None and self.row[0] == group:
+            expected[self.row[1]] = self.row
+            self.row = next(self.rows, None)
+        for key, (obj, found, tasks) in listed.items():
+            row = expected.pop(key, None)
+            if row is None:
+                classify_left(self.report, found, tasks)
+            elif not row[3]:
+                self.report.count("logs_found")
+            elif row[2] is not None and row[2] != obj.size:
+                self.report.add("size_mismatches", {"key": key, "row": row[2], "object": obj.size},
+                                limit=LISTED_LIMIT)
+            else:
+                self.report.count("artifacts_found")
+        for _, key, _, required in expected.values():
+            self._missing(key, required)
+
+    def finish(self) -> None:
+        self.group("\U0010ffff", {})
+
+
 def check_bucket_against_rows(context, bucket: str, *, artifacts: bool, logs: bool) -> None:
-    """Walk expected objects and listed objects side by side: a merge join of two sorted streams."""
-    report = context.report
-
-    def missing(key: str, required: bool) -> None:
-        if required:
-            report.add("missing_artifacts", key, limit=LISTED_LIMIT)
-        else:
-            report.add("missing_logs", key, limit=LISTED_LIMIT)
-
+    """A merge join of the bucket listing with the rows that expect objects in it."""
     # A named cursor lives in a transaction: use a connection of its own, read only.
     with context.connect(autocommit=False) as conn:
         conn.read_only = True
-        expected = _expected_objects(conn, artifacts=artifacts, logs=logs)
-        row = next(expected, None)
+        merge = _Merge(context.report, _expected_objects(conn, artifacts=artifacts, logs=logs))
+        group, listed = None, {}
         for page in _pages(context, bucket):
             tasks = known_tasks_of_keys(context.db, (obj.key for obj in page))
             for obj in page:
-                while row is not None and row[0] < obj.key:
-                    missing(row[0], row[2])
-                    row = next(expected, None)
-                if row is not None and row[0] == obj.key:
-                    key, size, required = row
-                    if not required:
-                        report.count("logs_found")
-                    elif size is not None and size != obj.size:
-                        report.add("size_mismatches", {"key": key, "row": size, "object": obj.size},
-                                   limit=LISTED_LIMIT)
-                    else:
-                        report.count("artifacts_found")
-                    row = next(expected, None)
-                    continue
-                classify_left(report, keys.classify(obj.key, tasks, logs=logs, artifacts=artifacts), tasks)
-        while row is not None:
-            missing(row[0], row[2])
-            row = next(expected, None)
+                key_group = keys.listing_group(obj.key)
+                if key_group != group:
+                    if group is not None:
+                        merge.group(group, listed)
+                    group, listed = key_group, {}
+                found = keys.classify(obj.key, tasks, logs=logs, artifacts=artifacts)
+                listed[obj.key] = (obj, found, tasks)
+        if group is not None:
+            merge.group(group, listed)
+        merge.finish()
         conn.rollback()
 
 

@@ -118,6 +118,10 @@ class BatchBuffer(Generic[T]):
 
     # --- lifecycle -------------------------------------------------------------------
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def errors(self) -> list[BaseException]:
         with self._errors_lock:
             return list(self._errors)

@@ -78,8 +78,12 @@ class Context:
 
     # --- buffers ---------------------------------------------------------------------
     def buffer(self, name: str, flush: Callable[[list], Optional[Sequence[Any]]], **options) -> BatchBuffer:
-        """Create (once) and track a buffer; every tracked buffer is drained on close."""
-        if name not in self._buffers:
+        """Create (once) and track a buffer; every tracked buffer is drained on close.
+
+        A buffer closed by :meth:`drain_buffers` is replaced, so a job may drain mid-run and
+        go on under the same name.
+        """
+        if name not in self._buffers or self._buffers[name].closed:
             self._buffers[name] = BatchBuffer(name, flush, **options)
         return self._buffers[name]
 

@@ -148,3 +148,15 @@ def top_level_task(entry: str) -> Optional[str]:
         return entry[:-1].lower()
     log = _NEW_LOG_RE.match(entry)
     return log["task"].lower() if log else None
+
+
+def listing_group(key: str) -> str:
+    """What keeps a task's objects together in any server's listing order: its id, when a key
+    starts with one (``<task>.log``, ``<task>/...``), else the key itself.
+
+    S3 lists in byte order, where ``<task>.log`` comes before ``<task>/a``; SeaweedFS lists
+    folders as a tree, where it comes after. Both keep a task's keys contiguous and the tasks
+    in id order, so a merge of a listing with database rows compares groups, not keys.
+    """
+    head = key[:36]
+    return head if _UUID_RE.match(head) else key

@@ -1404,3 +1404,18 @@ def test_byte_size_in_a_command():
     bad = runner.invoke(show, ["--size", "lots"])
     assert bad.exit_code == 2
     assert "lots" in bad.output and "is not a size" in bad.output
+
+
+def test_listing_group_keeps_a_tasks_keys_together_in_both_orders():
+    from ponoskit.keys import listing_group
+    task, other = "0b5c6b4e-8d1f-4c1e-9a57-0f6a1c2b3d4e", "0b5c6b4e-8d1f-4c1e-9a57-0f6a1c2b3d4f"
+    task_keys = [f"{task}.log", f"{task}/a.txt", f"{task}/dir/b", f"{task}.log.bak"]
+    assert {listing_group(k) for k in task_keys} == {task}
+    assert listing_group(f"{other}/x") == other and other > task
+    assert listing_group("README") == "README" and listing_group("tmp/x") == "tmp/x"
+    # Byte order and a tree order (folder before its sibling files) differ on these keys but
+    # give the same sequence of groups.
+    byte_order = sorted(task_keys + [f"{other}/x"])
+    tree_order = [f"{task}/a.txt", f"{task}/dir/b", f"{task}.log", f"{task}.log.bak", f"{other}/x"]
+    groups = lambda ks: [g for i, g in enumerate(map(listing_group, ks)) if i == 0 or g != listing_group(ks[i - 1])]
+    assert groups(byte_order) == groups(tree_order) == [task, other]

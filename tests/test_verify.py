@@ -84,6 +84,14 @@ def test_verify_one_bucket_for_both(legacy_dsn, context_factory, make_bucket, s3
     assert code == 0
     assert report["counts"]["logs_found"] == counts["logs"]
     assert report["counts"]["artifacts_found"] == len(artifact_rows(legacy_dsn))
+    # <task>.log sorts before <task>/... in S3's byte order and after it in SeaweedFS's tree
+    # order: either way a log that is there is never reported missing.
+    present = set(list_keys(ctx.s3, bucket))
+    with psycopg.connect(legacy_dsn) as conn:
+        finished = [r[0] for r in conn.execute(
+            "SELECT id::text FROM ponos_task WHERE state IN ('completed', 'failed', 'error', 'stopped')")]
+    assert sorted(report["items"].get("missing_logs", [])) == sorted(
+        f"{t}.log" for t in finished if f"{t}.log" not in present)
 
 
 def test_verify_bad_input(seeded, s3_env, tmp_path):
