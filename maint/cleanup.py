@@ -191,16 +191,7 @@ def delete_batch(ctx, purger: Purger, opts: CleanupOptions, params: dict, after)
                 if not picked:
                     return None
                 ids = [task_id for task_id, _ in picked]
-                counts = {
-                    "gpus_released": tx.execute(
-                        "UPDATE ponos_gpu SET task_id = NULL WHERE task_id = ANY(%s)", (ids,)).rowcount,
-                    "task_parents": tx.execute(
-                        "DELETE FROM ponos_task_parents WHERE from_task_id = ANY(%(ids)s) "
-                        "OR to_task_id = ANY(%(ids)s)", {"ids": ids}).rowcount,
-                    "artifacts": tx.execute(
-                        "DELETE FROM ponos_artifact WHERE task_id = ANY(%s)", (ids,)).rowcount,
-                    "tasks": tx.execute("DELETE FROM ponos_task WHERE id = ANY(%s)", (ids,)).rowcount,
-                }
+                counts = tasks.delete_tasks(tx.conn, ids)
                 processes = list({process_id for _, process_id in picked})
                 counts["processes"] = tx.execute(EMPTIED_PROCESSES_SQL, (processes,)).fetchone()[0]
                 targets = outbox.add(tx.conn, outbox.targets_for_tasks(

@@ -29,3 +29,20 @@ def existing_task_ids(conn: psycopg.Connection, candidates: Iterable[str]) -> se
 def known_tasks_of_keys(conn: psycopg.Connection, object_keys: Iterable[str]) -> set[str]:
     """The task ids, among the UUIDs of ``object_keys``, for :func:`ponoskit.keys.classify`."""
     return existing_task_ids(conn, (task for key in object_keys for task in keys.task_ids_in(key)))
+
+
+# What deleting tasks means, in the caller's transaction: their artifact rows and parent links
+# (both directions) go; a GPU they held is released, not deleted; processes stay.
+DELETE_TASKS_SQL = {
+    "gpus_released": "UPDATE ponos_gpu SET task_id = NULL WHERE task_id = ANY(%(ids)s::uuid[])",
+    "task_parents": "DELETE FROM ponos_task_parents "
+                    "WHERE from_task_id = ANY(%(ids)s::uuid[]) OR to_task_id = ANY(%(ids)s::uuid[])",
+    "artifacts": "DELETE FROM ponos_artifact WHERE task_id = ANY(%(ids)s::uuid[])",
+    "tasks": "DELETE FROM ponos_task WHERE id = ANY(%(ids)s::uuid[])",
+}
+
+
+def delete_tasks(conn: psycopg.Connection, task_ids: Iterable) -> dict[str, int]:
+    """Delete tasks with their dependent rows; return the row counts by kind."""
+    ids = list(task_ids)
+    return {name: conn.execute(sql, {"ids": ids}).rowcount for name, sql in DELETE_TASKS_SQL.items()}

@@ -15,6 +15,8 @@ import psycopg
 
 from ponoskit import keys
 from ponoskit.report import Report
+from ponoskit.tasks import DELETE_TASKS_SQL
+from ponoskit.tasks import delete_tasks as delete_tasks_and_rows
 
 from .catalog import table_exists
 from .ddl import Ddl
@@ -40,16 +42,8 @@ SELECT t.id, t.workflow_id, t.run,
 ON CONFLICT (task_id) DO NOTHING
 RETURNING task_id"""
 
-DELETE_BATCH_SQL = [
-    "DELETE FROM ponos_artifact WHERE task_id = ANY(%(ids)s::uuid[])",
-    "DELETE FROM ponos_task_parents WHERE from_task_id = ANY(%(ids)s::uuid[]) OR to_task_id = ANY(%(ids)s::uuid[])",
-    "UPDATE ponos_gpu SET task_id = NULL WHERE task_id = ANY(%(ids)s::uuid[])",  # a GPU is released
-    "DELETE FROM ponos_task WHERE id = ANY(%(ids)s::uuid[])",
-]
-
-
 def plan_sql() -> list[str]:
-    return [CREATE_OUTBOX_SQL, RECORD_BATCH_SQL, *DELETE_BATCH_SQL]
+    return [CREATE_OUTBOX_SQL, RECORD_BATCH_SQL, *DELETE_TASKS_SQL.values()]
 
 
 def delete_tasks(ddl: Ddl, task_ids: list[str], batch_size: int,
@@ -62,8 +56,7 @@ def delete_tasks(ddl: Ddl, task_ids: list[str], batch_size: int,
 
         def delete_batch(conn: psycopg.Connection) -> int:
             recorded = [row[0] for row in conn.execute(RECORD_BATCH_SQL, {"ids": batch})]
-            for sql in DELETE_BATCH_SQL:
-                conn.execute(sql, {"ids": recorded})
+            delete_tasks_and_rows(conn, recorded)
             return len(recorded)
 
         done = ddl.transaction("delete orphan tasks", delete_batch)
