@@ -71,6 +71,8 @@ def run_measured(argv: list[str], env: dict) -> tuple[float, int, int]:
         seconds = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         sampler.join()
+        print(f"    CPU {usage.ru_utime + usage.ru_stime:.1f} s (user {usage.ru_utime:.1f}, "
+              f"system {usage.ru_stime:.1f})", flush=True)
         if curve:  # resident memory at each tenth of the run: flat, or growing with the data?
             print("    RSS MiB by tenth of the run:", [curve[min(len(curve) - 1, i * len(curve) // 10)]
                                                        for i in range(1, 11)], flush=True)
