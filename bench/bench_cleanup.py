@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ponoskit import keys, local  # noqa: E402
+from ponoskit.aio import run_bounded  # noqa: E402
 from ponoskit.connections import S3Settings  # noqa: E402
 from ponoskit.context import Context  # noqa: E402
 from ponoskit.schema import naive_fold  # noqa: E402
@@ -111,26 +112,13 @@ def upload_objects(ctx: Context, dsn: str, artifacts: str, logs: str, only_tasks
                     if path is not None:
                         yield artifacts, keys.artifact_key(task_id, path)
 
-    async def put_all():
+    def puts():
         nonlocal count
-        limit = asyncio.Semaphore(concurrency)
-
-        async def put(bucket, key):
-            async with limit:
-                await obstore.put_async(stores[bucket], key, f"object {key}\n".encode() * 4)
-
-        pending: set = set()
         for bucket, key in objects():
             count += 1
-            pending.add(asyncio.ensure_future(put(bucket, key)))
-            if len(pending) >= 4 * concurrency:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-        for task in asyncio.as_completed(pending):
-            await task
+            yield obstore.put_async(stores[bucket], key, f"object {key}\n".encode() * 4)
 
-    asyncio.run(put_all())
+    asyncio.run(run_bounded(puts(), concurrency))
     return count
 
 

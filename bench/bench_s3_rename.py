@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from ponoskit import keys, local, seed  # noqa: E402
+from ponoskit.aio import run_bounded  # noqa: E402
 from ponoskit.connections import S3Settings  # noqa: E402
 from ponoskit.context import Context  # noqa: E402
 from ponoskit.s3.listing import iter_objects  # noqa: E402
@@ -90,18 +91,12 @@ def duplicate_bucket(ctx, source: str, target: str) -> None:
     ctx.s3.create_bucket(Bucket=target)
     store_from, store_to = ctx.object_store(source), ctx.object_store(target)
 
-    async def copy_all():
-        limit = asyncio.Semaphore(64)
+    async def copy(key):
+        data = await obstore.get_async(store_from, key)
+        await obstore.put_async(store_to, key, await data.bytes_async(), attributes=data.attributes)
 
-        async def one(key):
-            async with limit:
-                data = await obstore.get_async(store_from, key)
-                body = await data.bytes_async()
-                await obstore.put_async(store_to, key, body, attributes=data.attributes)
-
-        await asyncio.gather(*(one(obj.key) for obj in iter_objects(ctx.s3, source) if not obj.key.endswith("/")))
-
-    asyncio.run(copy_all())
+    asyncio.run(run_bounded((copy(obj.key) for obj in iter_objects(ctx.s3, source) if not obj.key.endswith("/")),
+                            64))
 
 
 def legacy_moves(ctx, conn, bucket: str, *, artifacts: bool, logs: bool) -> list[tuple[str, str]]:

@@ -71,15 +71,12 @@ class ObjectMover:
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self.dry_run = dry_run
-        self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"s3-{bucket}")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"mover-{bucket}", daemon=True)
         self._thread.start()
-        self._limit = asyncio.run_coroutine_threadsafe(self._make_semaphore(), self._loop).result()
-
-    async def _make_semaphore(self) -> asyncio.Semaphore:
-        return asyncio.Semaphore(self._workers)
+        # Bound to the mover's loop on first use (Python 3.10+), where every move awaits it.
+        self._limit = asyncio.Semaphore(workers)
 
     def submit(self, source: ObjectInfo, new_key: str, *, check_destination: bool) -> "Future[MoveResult]":
         """Start moving ``source`` to ``new_key``; ``check_destination`` when it may exist already."""

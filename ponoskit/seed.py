@@ -21,6 +21,7 @@ from typing import Iterator, Optional
 import psycopg
 
 from . import keys, tasks
+from .aio import run_bounded
 
 AWKWARD_PATHS = [
     "results/page 1.json",
@@ -204,27 +205,13 @@ def seed_s3(context, conn: psycopg.Connection, *, artifacts_bucket: str, logs_bu
               "logs": context.object_store(logs_bucket, concurrency=concurrency)}
     counts = {"artifacts": 0, "logs": 0, "unrecognized": 0}
 
-    async def upload() -> None:
-        limit = asyncio.Semaphore(concurrency)
-
-        async def put(obj: SeedObject) -> None:
-            async with limit:
-                await obstore.put_async(stores[obj.bucket_role], obj.key, obj.body,
-                                        attributes={"Content-Type": obj.content_type,
-                                                    "seeded-by": "ponos-toolkit"})
-
-        pending: set[asyncio.Task] = set()
+    def puts():
         for obj in legacy_objects(conn, log_share, seed):
             counts[obj.bucket_role] += 1
-            pending.add(asyncio.ensure_future(put(obj)))
-            if len(pending) >= 4 * concurrency:
-                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-        for task in asyncio.as_completed(pending):
-            await task
+            yield obstore.put_async(stores[obj.bucket_role], obj.key, obj.body,
+                                    attributes={"Content-Type": obj.content_type, "seeded-by": "ponos-toolkit"})
 
-    asyncio.run(upload())
+    asyncio.run(run_bounded(puts(), concurrency))
     if with_unrecognized:
         for key in UNRECOGNIZED_KEYS:
             context.s3.put_object(Bucket=artifacts_bucket, Key=key, Body=b"not ours")

@@ -28,6 +28,7 @@ from click.testing import CliRunner
 
 from maint.cli import main
 from ponoskit import keys
+from ponoskit.aio import run_bounded
 from ponoskit.schema import naive_fold
 from ponoskit.seed import SeedSpec, seed_database
 from tests.conftest import list_keys
@@ -132,14 +133,8 @@ def upload(ctx, objects: list[tuple[str, str]]) -> None:
     drops their trailing slash."""
     stores = {bucket: ctx.object_store(bucket, concurrency=32) for bucket in {b for b, _ in objects}}
 
-    async def put_all():
-        limit = asyncio.Semaphore(32)
-
-        async def put(bucket, key):
-            async with limit:
-                await obstore.put_async(stores[bucket], key, f"body of {key}".encode())
-        await asyncio.gather(*(put(b, k) for b, k in objects if not k.endswith("/")))
-    asyncio.run(put_all())
+    puts = (obstore.put_async(stores[b], k, f"body of {k}".encode()) for b, k in objects if not k.endswith("/"))
+    asyncio.run(run_bounded(puts, 32))
     for bucket, key in objects:
         if key.endswith("/"):
             ctx.s3.put_object(Bucket=bucket, Key=key, Body=b"")
