@@ -32,7 +32,7 @@ from ponoskit.schema import table_exists
 from ponoskit.shard import Shard
 from ponoskit.tasks import known_tasks_of_keys
 
-from .s3_mover import MoveResult, ObjectMover, Outcome
+from .s3_mover import MoveResult, ObjectMover
 
 # Keys left alone can number millions: the report lists the first ones and counts them all.
 LISTED_KEYS_LIMIT = 1000
@@ -143,7 +143,7 @@ def move_bucket(context, bucket_pass: BucketPass, options: RenameOptions, presen
                 progress_state: dict, save) -> bool:
     """Stream, classify and move one bucket's shard; True when nothing was left behind."""
     report, shard = context.report, options.shard
-    pages: deque[tuple[str, list[Future], bool]] = deque()
+    pages: deque[tuple[Optional[str], list[Future], bool]] = deque()
     in_flight = 0
     clean = True
 
@@ -162,7 +162,8 @@ def move_bucket(context, bucket_pass: BucketPass, options: RenameOptions, presen
             clean &= decided
             for future in futures:
                 clean &= record(report, future.result())
-            if clean:  # past a conflict or failure, the mark stays so a re-run sees it again
+            # Past a conflict or failure, the mark stays so a re-run sees it again.
+            if clean and last_key is not None:
                 progress_state["after"] = last_key
                 save()
 
@@ -181,7 +182,7 @@ def move_bucket(context, bucket_pass: BucketPass, options: RenameOptions, presen
                 else:
                     decided &= record_left_alone(report, found)
             report.count("scanned", len(page))
-            pages.append((resume_point(page, progress_state["after"]), futures, decided))
+            pages.append((resume_point(page), futures, decided))
             in_flight += len(futures)
             settle(MAX_IN_FLIGHT)
             bar.update(len(page))
@@ -193,8 +194,9 @@ def move_bucket(context, bucket_pass: BucketPass, options: RenameOptions, presen
     return clean
 
 
-def resume_point(page: list[ObjectInfo], previous: Optional[str]) -> Optional[str]:
-    """The key to resume after once this page is done: its last key that is not a folder marker.
+def resume_point(page: list[ObjectInfo]) -> Optional[str]:
+    """The key to resume after once this page is done: its last key that is not a folder
+    marker (None when it has none: the mark then stays where it was).
 
     Some servers (SeaweedFS) list a folder's keys as a tree and take ``StartAfter=<folder>/`` as
     "after the whole folder": resuming there would skip the keys inside it.
@@ -202,7 +204,7 @@ def resume_point(page: list[ObjectInfo], previous: Optional[str]) -> Optional[st
     for obj in reversed(page):
         if not obj.key.endswith("/"):
             return obj.key
-    return previous
+    return None
 
 
 def record(report, result: MoveResult) -> bool:
