@@ -7,12 +7,13 @@ configuration (nothing changed), 3 another run holds the lock.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import click
 from tqdm import tqdm
@@ -92,6 +93,18 @@ def run_job(fn: Callable[..., int]) -> Callable[..., None]:
         _write_metrics(code)
         sys.exit(code)
     return wrapper
+
+
+@contextlib.contextmanager
+def writing_report(report: Report, path: Optional[str]) -> Iterator[Report]:
+    """Around a job: a typed error goes into the report, which is written whatever happens."""
+    try:
+        yield report
+    except PonosError as err:
+        report.error(redact(str(err)))
+        raise
+    finally:
+        report.write(path)
 
 
 def _write_metrics(code: int) -> None:

@@ -7,10 +7,9 @@ import sys
 
 import click
 
-from ponoskit.cli import EXIT_OK, dsn_option, init_logging, progress, run_job, run_options
-from ponoskit.connections import describe_dsn, redact
+from ponoskit.cli import EXIT_OK, dsn_option, init_logging, progress, run_job, run_options, writing_report
+from ponoskit.connections import describe_dsn
 from ponoskit.context import Context
-from ponoskit.errors import PonosError
 from ponoskit.report import Report
 
 from migrate.db_fold_workflow import (KEPT_WORKFLOW_TABLE, ORPHANS_DELETE, ORPHANS_REFUSE, FoldOptions, FoldPlan,
@@ -77,7 +76,7 @@ def command(dsn, batch_size, lock_timeout, lock_retries, keep_workflow_table, or
     report = Report(JOB, dry_run=dry_run)
     options = FoldOptions(batch_size=batch_size, keep_workflow_table=keep_workflow_table, orphans=orphans,
                           lock=LockPolicy(timeout=lock_timeout, attempts=lock_retries))
-    try:
+    with writing_report(report, report_path):
         with Context(job=JOB, dsn=dsn, dry_run=dry_run, report=report) as ctx:
             database = describe_dsn(ctx.dsn)
             report.info["database"] = database
@@ -91,9 +90,4 @@ def command(dsn, batch_size, lock_timeout, lock_retries, keep_workflow_table, or
                 fold_workflows(ctx, options, progress=progress)
                 if not report.info.get("already_folded"):
                     ctx.log.info("%s: folded", database)
-    except PonosError as err:
-        report.error(redact(str(err)))
-        raise
-    finally:
-        report.write(report_path)
     return EXIT_OK

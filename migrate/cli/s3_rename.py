@@ -5,10 +5,9 @@ from __future__ import annotations
 import click
 
 from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, ByteSize, bucket_options, dsn_option, init_logging,
-                          run_job, run_options, s3_options)
+                          run_job, run_options, s3_options, writing_report)
 from ponoskit.connections import S3Settings, describe_dsn
 from ponoskit.context import Context
-from ponoskit.errors import PonosError
 from ponoskit.report import Report
 from ponoskit.shard import Shard
 
@@ -57,13 +56,8 @@ def command(artifacts_bucket, logs_bucket, endpoint_url, profile, dsn, no_db, wo
         if context.use_db:
             report.info["database"] = describe_dsn(context.dsn)
         report.info["endpoint"] = settings.effective_endpoint or "aws"
-        try:
+        with writing_report(report, report_path):
             done = rename(context, options)
-        except PonosError as err:
-            report.error(str(err))
-            raise
-        finally:
-            report.write(report_path)
         summarize(context)
     return EXIT_OK if done else EXIT_INCOMPLETE
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import click
 
 from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, bucket_options, dsn_option, init_logging, output_options,
-                          run_job, s3_options)
+                          run_job, s3_options, writing_report)
 from ponoskit.connections import S3Settings, describe_dsn
 from ponoskit.context import Context
-from ponoskit.errors import PonosError
 from ponoskit.report import Report
 
 from ..verify import PROBLEMS, verify
@@ -33,13 +32,8 @@ def command(artifacts_bucket, logs_bucket, endpoint_url, profile, dsn, report_pa
     settings = S3Settings(endpoint_url=endpoint_url, profile=profile)
     with Context(job="verify", dsn=dsn, s3=settings, report=report) as context:
         report.info.update(database=describe_dsn(context.dsn), endpoint=settings.effective_endpoint or "aws")
-        try:
+        with writing_report(report, report_path):
             agree = verify(context, artifacts_bucket=artifacts_bucket, logs_bucket=logs_bucket)
-        except PonosError as err:
-            report.error(str(err))
-            raise
-        finally:
-            report.write(report_path)
         counts = report.counts
         context.log.info("verify: %s", ", ".join(f"{name} {counts[name]}" for name in (
             "artifacts_found", "logs_found", *PROBLEMS, "missing_logs", "orphans", "orphan_legacy", "unindexed_objects",
