@@ -194,19 +194,45 @@ atexit.register(_record_peak)
 """
 
 
+def cpu_seconds(name: str) -> float:
+    """CPU time used so far by every process named ``name`` (weed, postgres) and its reaped children
+    (PostgreSQL backends that have exited count in the postmaster's)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)
+        except OSError:
+            continue
+        if fields[0].split("(", 1)[1] == name:
+            total += sum(int(ticks) for ticks in fields[1].split()[11:15])
+    return total / tick
+
+
 def run_measured(command: list[str], dsn: str, env: dict) -> dict:
     probe = Probe(dsn)
     probe.start()
+    servers_before = {name: cpu_seconds(name) for name in ("weed", "postgres")}
     peak_file = Path(tempfile.mkstemp(suffix=".peak")[1])
     with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
         start = time.monotonic()
         proc = subprocess.Popen(command, env={**env, "BENCH_PEAK_FILE": str(peak_file)},
                                 stdout=out_file, stderr=err_file, text=True)
         rss_samples = []  # (seconds, MB): memory must not climb as the run goes on
-        while proc.poll() is None:
-            rss_samples.append((time.monotonic() - start, _rss_mb(proc.pid)))
-            time.sleep(0.5)
+
+        def sample() -> None:
+            while proc.returncode is None:
+                rss_samples.append((time.monotonic() - start, _rss_mb(proc.pid)))
+                time.sleep(0.5)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.monotonic() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        sampler.join()
+        servers = {name: round(cpu_seconds(name) - before, 1) for name, before in servers_before.items()}
         out_file.seek(0)
         err_file.seek(0)
         out, err = out_file.read(), err_file.read()
@@ -217,7 +243,8 @@ def run_measured(command: list[str], dsn: str, env: dict) -> dict:
     peak_file.unlink()
     samples = [mb for _, mb in rss_samples if mb is not None]
     tenth = samples[len(samples) // 10] if samples else None
-    return {"seconds": seconds, "peak_rss_mb": peak_mb, "probe": probe_stats, "stdout": out,
+    cpu = {"own": round(usage.ru_utime + usage.ru_stime, 1), **servers}  # where the time went: client, S3 server, database
+    return {"seconds": seconds, "peak_rss_mb": peak_mb, "probe": probe_stats, "stdout": out, "cpu_s": cpu,
             "rss_mb_at_10pct": tenth, "rss_mb_max_sampled": max(samples, default=None)}
 
 
@@ -334,12 +361,13 @@ def main() -> None:
         "batch_size": args.batch_size,
         "naive": {"tasks": naive_tasks, "seconds": round(naive["seconds"], 1), "tasks_per_s": round(naive_rate, 1),
                   "extrapolated_seconds_for_all": round(stats["due"] / naive_rate), "peak_rss_mb": naive["peak_rss_mb"],
+                  "cpu_s": naive["cpu_s"],
                   "probe": naive["probe"]},
         "ours": {"tasks": mine_tasks, "seconds": round(mine["seconds"], 1), "tasks_per_s": round(mine_rate, 1),
                  "s3_objects_deleted": mine["report"]["counts"].get("s3_objects", 0),
                  "s3_listings": mine["report"]["counts"].get("s3_listings", 0),
                  "peak_rss_mb": mine["peak_rss_mb"], "rss_mb_at_10pct_of_run": mine["rss_mb_at_10pct"],
-                 "probe": mine["probe"], "end_state_correct": correct,
+                 "probe": mine["probe"], "end_state_correct": correct, "cpu_s": mine["cpu_s"],
                  "phases": mine["report"]["phases"]},
         "ratio": round(mine_rate / naive_rate, 1),
     }
@@ -362,6 +390,7 @@ def print_results(r: dict, total: float) -> None:
           f"  ({mine['s3_objects_deleted']} objects, {mine['s3_listings']} listings, batch {r['batch_size']});"
           f" end state correct: {mine['end_state_correct']}")
     print(f"ratio           {r['ratio']}x  (target >= 10x)")
+    print(f"CPU seconds     naive {naive['cpu_s']}; ours {mine['cpu_s']}  (own process, S3 server, database)")
     if "ours_small" in r:
         small = r["ours_small"]
         print(f"peak memory     ours: {small['peak_rss_mb']} MB at {small['tasks']} tasks, "

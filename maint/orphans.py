@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ponoskit import keys, tasks
 from ponoskit.errors import FlushError, PonosError
 from ponoskit.s3.delete import delete_buffer
-from ponoskit.s3.listing import iter_top_level
+from ponoskit.s3.listing import iter_pages, iter_top_level, timestamp
 
 from . import preflight
 from .cleanup import Outcome
@@ -105,26 +105,19 @@ def sweep_bucket(ctx, bucket: str, *, logs: bool, artifacts: bool, cutoff: datet
 def sweep_entry(ctx, bucket: str, entry: str, deleter, *, logs: bool, artifacts: bool,
                 cutoff: datetime) -> None:
     """Everything under one top-level entry whose task id is not a task (any more)."""
-    for page in _pages_with_mtime(ctx.s3, bucket, entry):
-        known = tasks.known_tasks_of_keys(ctx.db, (obj["Key"] for obj in page))
+    for page in iter_pages(ctx.s3, bucket, prefix=entry):
+        known = tasks.known_tasks_of_keys(ctx.db, (obj.key for obj in page))
         for obj in page:
-            found = keys.classify(obj["Key"], known, logs=logs, artifacts=artifacts)
+            found = keys.classify(obj.key, known, logs=logs, artifacts=artifacts)
             if found.kind not in NEW_LAYOUT or found.task_id in known:
                 ctx.report.count("orphan_scan_not_new_layout")
-            elif obj["LastModified"] >= cutoff:
+            elif timestamp(obj.last_modified) >= cutoff:
                 ctx.report.count("orphans_within_grace")
             else:
                 ctx.report.count("orphan_objects")
-                ctx.report.count("orphan_bytes", obj["Size"])
+                ctx.report.count("orphan_bytes", obj.size)
                 if deleter is not None:
-                    deleter.fire_forget(obj["Key"])
-
-
-def _pages_with_mtime(client, bucket: str, prefix: str) -> Iterator[list[dict]]:
-    # ponoskit.s3.listing.ObjectInfo has no LastModified, which the grace period needs.
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        if page.get("Contents"):
-            yield page["Contents"]
+                    deleter.fire_forget(obj.key)
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:

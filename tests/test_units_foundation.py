@@ -14,6 +14,7 @@ import random
 import threading
 import time
 import uuid
+from datetime import datetime, timezone
 from concurrent.futures import CancelledError, wait as wait_futures
 
 import boto3
@@ -35,7 +36,7 @@ from ponoskit.hooks import Transaction
 from ponoskit.report import Report
 from ponoskit.s3.copy import MAX_PARTS, MIN_PART_SIZE, obstore_can_copy, part_ranges
 from ponoskit.s3.delete import MAX_KEYS_PER_REQUEST, ObjectDeleteError, delete_keys
-from ponoskit.s3.listing import iter_objects, iter_pages, iter_top_level
+from ponoskit.s3.listing import iter_objects, iter_pages, iter_top_level, timestamp
 from ponoskit.shard import Shard
 
 from ponoskit.keys import Kind
@@ -1356,6 +1357,26 @@ def test_iter_pages_sizes_and_etags(listing_bucket):
     by_key = {o.key: o for o in page}
     assert set(by_key) == {"4000", "4000/x", "40000", "4000a"}
     assert by_key["4000/x"].size == len(b"4000/x") and by_key["4000/x"].etag
+
+
+@pytest.mark.parametrize("value", [
+    "2026-11-23T13:20:30.000Z",                       # ListObjectsV2
+    "Mon, 23 Nov 2026 13:20:30 GMT",                  # HEAD / GET Last-Modified
+    datetime(2026, 11, 23, 13, 20, 30, tzinfo=timezone.utc),  # a client that parsed it already
+])
+def test_timestamp_reads_every_form_s3_sends(value):
+    assert timestamp(value) == datetime(2026, 11, 23, 13, 20, 30, tzinfo=timezone.utc)
+
+
+def test_our_clients_leave_listing_timestamps_unparsed_and_iter_pages_keeps_them(listing_bucket):
+    _, bucket, everything = listing_bucket
+    client = Context(job="t", use_db=False).s3
+    raw = client.list_objects_v2(Bucket=bucket, MaxKeys=1)["Contents"][0]["LastModified"]
+    assert isinstance(raw, str)
+    objects = list(iter_objects(client, bucket, page_size=9))  # several continuation tokens
+    assert [o.key for o in objects] == everything
+    assert all(abs((timestamp(o.last_modified) - datetime.now(timezone.utc)).total_seconds()) < 3600
+               for o in objects)
 
 
 def test_iter_top_level(listing_bucket):
