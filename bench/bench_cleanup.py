@@ -39,6 +39,7 @@ from psycopg.conninfo import make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # measure.py, whichever way the script is started
 
 from ponoskit import keys, local  # noqa: E402
 from ponoskit.aio import run_bounded  # noqa: E402
@@ -46,6 +47,8 @@ from ponoskit.connections import S3Settings  # noqa: E402
 from ponoskit.context import Context  # noqa: E402
 from ponoskit.schema import naive_fold  # noqa: E402
 from ponoskit.seed import SeedSpec, load_legacy_schema, seed_database  # noqa: E402
+
+from measure import cpu_seconds  # noqa: E402
 
 TASKS_PER_PROCESS = 5
 DUE_SHARE = 0.9  # the other processes are live (running or not expired yet)
@@ -192,22 +195,6 @@ def _record_peak():
         out.write(peak)
 atexit.register(_record_peak)
 """
-
-
-def cpu_seconds(name: str) -> float:
-    """CPU time used so far by every process named ``name`` (weed, postgres) and its reaped children
-    (PostgreSQL backends that have exited count in the postmaster's)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)
-        except OSError:
-            continue
-        if fields[0].split("(", 1)[1] == name:
-            total += sum(int(ticks) for ticks in fields[1].split()[11:15])
-    return total / tick
 
 
 def run_measured(command: list[str], dsn: str, env: dict) -> dict:

@@ -34,6 +34,7 @@ from psycopg.conninfo import make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))  # measure.py, whichever way the script is started
 
 from ponoskit import keys, local, seed  # noqa: E402
 from ponoskit.aio import run_bounded  # noqa: E402
@@ -41,6 +42,8 @@ from ponoskit.connections import S3Settings  # noqa: E402
 from ponoskit.context import Context  # noqa: E402
 from ponoskit.s3.listing import iter_objects  # noqa: E402
 from ponoskit.tasks import known_tasks_of_keys  # noqa: E402
+
+from measure import cpu_seconds  # noqa: E402
 
 AVERAGE_TASKS_PER_PROCESS = 3.5  # SeedSpec.tasks_per_process = (1, 6)
 
@@ -181,6 +184,7 @@ def bench_scale(ctx, admin_dsn: str, endpoint: str, env: dict, tasks: int, worke
             buckets = {role: f"{role[:3]}-{name[:5]}-{suffix}" for role in base}
             for role in base:
                 duplicate_bucket(ctx, base[role], buckets[role])
+        weed_before = cpu_seconds("weed")
         if name == "ponos-migrate":
             argv = [str(ROOT / ".venv/bin/ponos-migrate"), "s3-rename", "--endpoint-url", endpoint,
                     "--artifacts-bucket", buckets["artifacts"], "--logs-bucket", buckets["logs"],
@@ -212,6 +216,7 @@ def bench_scale(ctx, admin_dsn: str, endpoint: str, env: dict, tasks: int, worke
                 argv = [sys.executable, "-c", RAW_COPY, str(plan_file)]
             seconds, rss, code = run_measured(argv, {**env, "PYTHONPATH": str(ROOT)})
             seconds += plan_seconds
+        weed = cpu_seconds("weed") - weed_before
         # Check the contender did the whole job: every legacy key gone, every new key there.
         moved = left = 0
         for role, bucket in buckets.items():
@@ -219,9 +224,10 @@ def bench_scale(ctx, admin_dsn: str, endpoint: str, env: dict, tasks: int, worke
             moved += sum(new in present for _, new in expected[role])
             left += sum(old in present for old, _ in expected[role])
         results[name] = {"seconds": seconds, "objects_per_s": objects / seconds, "peak_rss_mib": rss,
-                         "exit": code, "new_keys": moved, "legacy_left": left}
+                         "exit": code, "new_keys": moved, "legacy_left": left, "weed_cpu_s": weed}
         print(f"  {name:14s} {seconds:7.1f} s {objects / seconds:8.0f} obj/s  peak {rss:5d} MiB  "
-              f"exit {code}  new keys {moved}/{objects}  legacy left {left}", flush=True)
+              f"exit {code}  new keys {moved}/{objects}  legacy left {left}  SeaweedFS CPU {weed:.1f} s",
+              flush=True)
         for bucket in buckets.values():
             with contextlib.suppress(Exception):
                 ctx.s3.delete_bucket(Bucket=bucket)
