@@ -48,7 +48,7 @@ from ponoskit.context import Context  # noqa: E402
 from ponoskit.schema import naive_fold  # noqa: E402
 from ponoskit.seed import SeedSpec, load_legacy_schema, seed_database  # noqa: E402
 
-from measure import cpu_seconds  # noqa: E402
+from measure import cpu_seconds, wait_until_idle  # noqa: E402
 
 TASKS_PER_PROCESS = 5
 DUE_SHARE = 0.9  # the other processes are live (running or not expired yet)
@@ -198,6 +198,7 @@ atexit.register(_record_peak)
 
 
 def run_measured(command: list[str], dsn: str, env: dict) -> dict:
+    wait_until_idle("weed")  # the seeding's or the previous side's background work is not this side's
     probe = Probe(dsn)
     probe.start()
     servers_before = {name: cpu_seconds(name) for name in ("weed", "postgres")}

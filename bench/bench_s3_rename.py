@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_s3_rename.py                 # 5,000 tasks (~15,000 objects)
     .venv/bin/python bench/bench_s3_rename.py --tasks 50000   # 10x, for the memory curve
     .venv/bin/python bench/bench_s3_rename.py --scales 1,10   # both, one table
+    .venv/bin/python bench/bench_s3_rename.py --rounds 3      # medians of three rotated rounds
 
 Each contender gets its own copy of the same legacy buckets (seeded once per scale, then
 duplicated server-side) and moves every legacy key:
@@ -11,8 +12,10 @@ duplicated server-side) and moves every legacy key:
                  listing and the database, and that time is counted: a user has to do it too).
   raw-copy       the ceiling: obstore async CopyObject on precomputed keys + DeleteObjects
                  batches, no listing, no checks, no resume. Nothing can do the job faster.
-Each runs in its own process; peak memory is that process's max RSS (os.wait4). Machines are
-shared and noisy: read the ratios, not the absolute rates.
+Each runs in its own process; peak memory is that process's max RSS (os.wait4). Before each
+one the script waits for SeaweedFS to go idle (the previous contender's deletes leave it
+vacuuming), and prints the server CPU each contender cost. Machines are shared and noisy: read
+the ratios, not the absolute rates, and prefer --rounds 3, which rotates the order.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,7 +47,7 @@ from ponoskit.context import Context  # noqa: E402
 from ponoskit.s3.listing import iter_objects  # noqa: E402
 from ponoskit.tasks import known_tasks_of_keys  # noqa: E402
 
-from measure import cpu_seconds  # noqa: E402
+from measure import cpu_seconds, wait_until_idle  # noqa: E402
 
 AVERAGE_TASKS_PER_PROCESS = 3.5  # SeedSpec.tasks_per_process = (1, 6)
 
@@ -151,7 +155,7 @@ asyncio.run(main())
 
 
 def bench_scale(ctx, admin_dsn: str, endpoint: str, env: dict, tasks: int, workers: int, work: Path,
-                contenders: list[str]) -> dict:
+                contenders: list[str], rounds: int) -> dict:
     processes = max(1, round(tasks / AVERAGE_TASKS_PER_PROCESS))
     dbname = f"bench_rename_{tasks}"
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
@@ -176,65 +180,96 @@ def bench_scale(ctx, admin_dsn: str, endpoint: str, env: dict, tasks: int, worke
     with psycopg.connect(dsn) as conn:
         expected = {role: legacy_moves(ctx, conn, base[role], artifacts=(role == "artifacts"), logs=(role == "logs"))
                     for role in base}
-    results = {}
-    for name in contenders:
-        if len(contenders) == 1:
-            buckets = dict(base)  # nobody else needs the seeded buckets
-        else:
-            buckets = {role: f"{role[:3]}-{name[:5]}-{suffix}" for role in base}
-            for role in base:
-                duplicate_bucket(ctx, base[role], buckets[role])
-        weed_before = cpu_seconds("weed")
-        if name == "ponos-migrate":
-            argv = [str(ROOT / ".venv/bin/ponos-migrate"), "s3-rename", "--endpoint-url", endpoint,
-                    "--artifacts-bucket", buckets["artifacts"], "--logs-bucket", buckets["logs"],
-                    "--dsn", dsn, "--workers", str(workers), "--report", str(work / f"report-{suffix}.json")]
-            seconds, rss, code = run_measured(argv, env)
-            phases = json.loads((work / f"report-{suffix}.json").read_text())["phases"]
-            print("  ponos-migrate phases: " + ", ".join(
-                f"{p['name']}{'(' + p['bucket'][:3] + ')' if 'bucket' in p else ''} {p['seconds']:.1f}s"
-                for p in phases), flush=True)
-        else:
-            # The peers need the list of moves first: listing + database, timed as theirs.
-            t_plan = time.perf_counter()
-            with psycopg.connect(dsn) as conn:
-                plan = {b: legacy_moves(ctx, conn, b, artifacts=(role == "artifacts"), logs=(role == "logs"))
-                        for role, b in buckets.items()}
-            plan_seconds = time.perf_counter() - t_plan
-            if name == "s5cmd":
-                commands = work / f"s5cmd-{suffix}.txt"
-                with open(commands, "w", encoding="utf-8") as out:
-                    for bucket, moves in plan.items():
-                        for old, new in moves:
-                            out.write(f"mv --raw {s5cmd_quote(f's3://{bucket}/{old}')} "
-                                      f"{s5cmd_quote(f's3://{bucket}/{new}')}\n")
-                argv = [shutil.which("s5cmd", path=str(ROOT / ".venv/bin")) or "s5cmd", "--endpoint-url", endpoint,
-                        "--numworkers", str(workers), "run", str(commands)]
-            else:
-                plan_file = work / f"raw-{suffix}.json"
-                plan_file.write_text(json.dumps({"endpoint": endpoint, "buckets": plan}))
-                argv = [sys.executable, "-c", RAW_COPY, str(plan_file)]
-            seconds, rss, code = run_measured(argv, {**env, "PYTHONPATH": str(ROOT)})
-            seconds += plan_seconds
-        weed = cpu_seconds("weed") - weed_before
-        # Check the contender did the whole job: every legacy key gone, every new key there.
-        moved = left = 0
-        for role, bucket in buckets.items():
-            present = {obj.key for obj in iter_objects(ctx.s3, bucket)}
-            moved += sum(new in present for _, new in expected[role])
-            left += sum(old in present for old, _ in expected[role])
-        results[name] = {"seconds": seconds, "objects_per_s": objects / seconds, "peak_rss_mib": rss,
-                         "exit": code, "new_keys": moved, "legacy_left": left, "weed_cpu_s": weed}
-        print(f"  {name:14s} {seconds:7.1f} s {objects / seconds:8.0f} obj/s  peak {rss:5d} MiB  "
-              f"exit {code}  new keys {moved}/{objects}  legacy left {left}  SeaweedFS CPU {weed:.1f} s",
-              flush=True)
-        for bucket in buckets.values():
-            with contextlib.suppress(Exception):
-                ctx.s3.delete_bucket(Bucket=bucket)
+    # Rounds rotate the order, so no contender always runs on a server warmed (or still busy)
+    # the same way; the summary takes each contender's median.
+    results: dict[str, list[dict]] = {name: [] for name in contenders}
+    for round_index in range(rounds):
+        shift = round_index % len(contenders)
+        for name in contenders[shift:] + contenders[:shift]:
+            label = f"{suffix}-{round_index}" if rounds > 1 else suffix
+            results[name].append(run_contender(ctx, name, base, expected, label, objects, dsn, endpoint, env,
+                                               workers, work, share_base=len(contenders) == 1 and rounds == 1))
     for bucket in base.values():
         with contextlib.suppress(Exception):
             ctx.s3.delete_bucket(Bucket=bucket)
     return {"tasks": summary.tasks, "objects": objects, "results": results}
+
+
+def run_contender(ctx, name: str, base: dict, expected: dict, suffix: str, objects: int, dsn: str,
+                  endpoint: str, env: dict, workers: int, work: Path, *, share_base: bool) -> dict:
+    """One contender on its own copy of the seeded buckets: time it, then check its work."""
+    if share_base:
+        buckets = dict(base)  # nobody else needs the seeded buckets
+    else:
+        buckets = {role: f"{role[:3]}-{name[:5]}-{suffix}" for role in base}
+        for role in base:
+            duplicate_bucket(ctx, base[role], buckets[role])
+    idle_wait = wait_until_idle("weed")  # the previous contender's background work is not this one's
+    print(f"  ({name}: waited {idle_wait:.0f} s for an idle SeaweedFS)", flush=True)
+    weed_before = cpu_seconds("weed")
+    if name == "ponos-migrate":
+        argv = [str(ROOT / ".venv/bin/ponos-migrate"), "s3-rename", "--endpoint-url", endpoint,
+                "--artifacts-bucket", buckets["artifacts"], "--logs-bucket", buckets["logs"],
+                "--dsn", dsn, "--workers", str(workers), "--report", str(work / f"report-{suffix}.json")]
+        seconds, rss, code = run_measured(argv, env)
+        phases = json.loads((work / f"report-{suffix}.json").read_text())["phases"]
+        print("  ponos-migrate phases: " + ", ".join(
+            f"{p['name']}{'(' + p['bucket'][:3] + ')' if 'bucket' in p else ''} {p['seconds']:.1f}s"
+            for p in phases), flush=True)
+    else:
+        # The peers need the list of moves first: listing + database, timed as theirs.
+        t_plan = time.perf_counter()
+        with psycopg.connect(dsn) as conn:
+            plan = {b: legacy_moves(ctx, conn, b, artifacts=(role == "artifacts"), logs=(role == "logs"))
+                    for role, b in buckets.items()}
+        plan_seconds = time.perf_counter() - t_plan
+        if name == "s5cmd":
+            commands = work / f"s5cmd-{suffix}.txt"
+            with open(commands, "w", encoding="utf-8") as out:
+                for bucket, moves in plan.items():
+                    for old, new in moves:
+                        out.write(f"mv --raw {s5cmd_quote(f's3://{bucket}/{old}')} "
+                                  f"{s5cmd_quote(f's3://{bucket}/{new}')}\n")
+            argv = [shutil.which("s5cmd", path=str(ROOT / ".venv/bin")) or "s5cmd", "--endpoint-url", endpoint,
+                    "--numworkers", str(workers), "run", str(commands)]
+        else:
+            plan_file = work / f"raw-{suffix}.json"
+            plan_file.write_text(json.dumps({"endpoint": endpoint, "buckets": plan}))
+            argv = [sys.executable, "-c", RAW_COPY, str(plan_file)]
+        seconds, rss, code = run_measured(argv, {**env, "PYTHONPATH": str(ROOT)})
+        seconds += plan_seconds
+    weed = cpu_seconds("weed") - weed_before
+    # Check the contender did the whole job: every legacy key gone, every new key there.
+    moved = left = 0
+    for role, bucket in buckets.items():
+        present = {obj.key for obj in iter_objects(ctx.s3, bucket)}
+        moved += sum(new in present for _, new in expected[role])
+        left += sum(old in present for old, _ in expected[role])
+    result = {"seconds": seconds, "objects_per_s": objects / seconds, "peak_rss_mib": rss,
+              "exit": code, "new_keys": moved, "legacy_left": left, "weed_cpu_s": weed}
+    print(f"  {name:14s} {seconds:7.1f} s {objects / seconds:8.0f} obj/s  peak {rss:5d} MiB  "
+          f"exit {code}  new keys {moved}/{objects}  legacy left {left}  SeaweedFS CPU {weed:.1f} s",
+          flush=True)
+    for bucket in buckets.values():
+        with contextlib.suppress(Exception):
+            ctx.s3.delete_bucket(Bucket=bucket)
+    return result
+
+
+def print_table(table: list[dict]) -> None:
+    """Medians over the rounds; the ratio is the peer's time over ours, round by round."""
+    print("\n| tasks | objects | contender | median s | obj/s | ours faster by (median; each round) "
+          "| SeaweedFS CPU s | peak MiB |")
+    print("|---:|---:|---|---:|---:|---|---:|---:|")
+    for row in table:
+        ours = [r["seconds"] for r in row["results"].get("ponos-migrate", [])]
+        for name, runs in row["results"].items():
+            seconds = statistics.median(r["seconds"] for r in runs)
+            ratios = [peer["seconds"] / mine for peer, mine in zip(runs, ours)]
+            ratio = f"{statistics.median(ratios):.2f}x; " + ", ".join(f"{x:.2f}" for x in ratios) if ours else "-"
+            print(f"| {row['tasks']} | {row['objects']} | {name} | {seconds:.1f} | {row['objects'] / seconds:.0f} | "
+                  f"{ratio} | {statistics.median(r['weed_cpu_s'] for r in runs):.1f} | "
+                  f"{max(r['peak_rss_mib'] for r in runs)} |")
 
 
 @contextlib.contextmanager
@@ -252,6 +287,8 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--scales", default="1", help="multiples of --tasks, e.g. 1,10")
     parser.add_argument("--workers", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every contender this many times, in rotated order; report medians")
     parser.add_argument("--only", default="raw-copy,s5cmd,ponos-migrate",
                         help="contenders to run, comma-separated (the memory curve needs ponos-migrate only)")
     parser.add_argument("--dsn", help="an existing PostgreSQL (admin) instead of a local one")
@@ -267,14 +304,8 @@ def main() -> None:
             for scale in [int(x) for x in args.scales.split(",")]:
                 print(f"scale x{scale}: {args.tasks * scale} tasks", flush=True)
                 table.append(bench_scale(ctx, admin_dsn, s3.endpoint_url, env, args.tasks * scale, args.workers,
-                                         work, args.only.split(",")))
-            print("\n| tasks | objects | contender | s | obj/s | ours faster by | peak MiB |")
-            print("|---:|---:|---|---:|---:|---:|---:|")
-            for row in table:
-                ours = row["results"].get("ponos-migrate", {}).get("seconds", float("nan"))
-                for name, r in row["results"].items():
-                    print(f"| {row['tasks']} | {row['objects']} | {name} | {r['seconds']:.1f} | "
-                          f"{r['objects_per_s']:.0f} | {r['seconds'] / ours:.2f}x | {r['peak_rss_mib']} |")
+                                         work, args.only.split(","), args.rounds))
+            print_table(table)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -7,6 +7,7 @@ depends on how much work it makes the server do; printing both shows where the t
 from __future__ import annotations
 
 import os
+import time
 
 
 def cpu_seconds(name: str) -> float:
@@ -23,3 +24,28 @@ def cpu_seconds(name: str) -> float:
         if fields[0].split("(", 1)[1] == name:
             total += sum(int(ticks) for ticks in fields[1].split()[11:15])
     return total / tick
+
+
+def wait_until_idle(name: str, *, below: float = 0.05, quiet_for: float = 2.0, timeout: float = 90.0) -> float:
+    """Wait until the processes named ``name`` use less than ``below`` of a core for ``quiet_for``
+    seconds (or ``timeout`` passed); return the seconds waited.
+
+    A contender's deletes leave the server background work (SeaweedFS vacuums volumes with
+    deleted data, drops a deleted bucket's volumes): without this wait the next contender in
+    line would pay for it.
+    """
+    start = time.monotonic()
+    quiet_since = None
+    last = cpu_seconds(name)
+    while time.monotonic() - start < timeout:
+        time.sleep(0.5)
+        now = cpu_seconds(name)
+        busy = (now - last) / 0.5
+        last = now
+        if busy < below:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= quiet_for:
+                break
+        else:
+            quiet_since = None
+    return time.monotonic() - start
