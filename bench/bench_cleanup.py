@@ -48,7 +48,7 @@ from ponoskit.context import Context  # noqa: E402
 from ponoskit.schema import naive_fold  # noqa: E402
 from ponoskit.seed import SeedSpec, load_legacy_schema, seed_database  # noqa: E402
 
-from measure import cpu_seconds, wait_until_idle  # noqa: E402
+from measure import cpu_seconds, wait_sampling_rss, wait_until_idle  # noqa: E402
 
 TASKS_PER_PROCESS = 5
 DUE_SHARE = 0.9  # the other processes are live (running or not expired yet)
@@ -207,19 +207,7 @@ def run_measured(command: list[str], dsn: str, env: dict) -> dict:
         start = time.monotonic()
         proc = subprocess.Popen(command, env={**env, "BENCH_PEAK_FILE": str(peak_file)},
                                 stdout=out_file, stderr=err_file, text=True)
-        rss_samples = []  # (seconds, MB): memory must not climb as the run goes on
-
-        def sample() -> None:
-            while proc.returncode is None:
-                rss_samples.append((time.monotonic() - start, _rss_mb(proc.pid)))
-                time.sleep(0.5)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.monotonic() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        sampler.join()
+        seconds, usage, samples = wait_sampling_rss(proc, start)
         servers = {name: round(cpu_seconds(name) - before, 1) for name, before in servers_before.items()}
         out_file.seek(0)
         err_file.seek(0)
@@ -229,19 +217,11 @@ def run_measured(command: list[str], dsn: str, env: dict) -> dict:
         raise SystemExit(f"{command[:4]} exited {proc.returncode}:\n{err[-3000:]}")
     peak_mb = round(int(peak_file.read_text()) / 1024, 1)
     peak_file.unlink()
-    samples = [mb for _, mb in rss_samples if mb is not None]
+    samples = [round(mib, 1) for mib in samples]
     tenth = samples[len(samples) // 10] if samples else None
     cpu = {"own": round(usage.ru_utime + usage.ru_stime, 1), **servers}  # where the time went: client, S3 server, database
     return {"seconds": seconds, "peak_rss_mb": peak_mb, "probe": probe_stats, "stdout": out, "cpu_s": cpu,
             "rss_mb_at_10pct": tenth, "rss_mb_max_sampled": max(samples, default=None)}
-
-
-def _rss_mb(pid: int):
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            return round(int(next(line.split()[1] for line in status if line.startswith("VmRSS"))) / 1024, 1)
-    except (OSError, StopIteration):
-        return None
 
 
 def ours(dsn: str, artifacts: str, logs: str, endpoint: str | None, env: dict, batch_size: int) -> dict:

@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -47,38 +46,19 @@ from ponoskit.context import Context  # noqa: E402
 from ponoskit.s3.listing import iter_objects  # noqa: E402
 from ponoskit.tasks import known_tasks_of_keys  # noqa: E402
 
-from measure import cpu_seconds, wait_until_idle  # noqa: E402
+from measure import cpu_seconds, wait_sampling_rss, wait_until_idle  # noqa: E402
 
 AVERAGE_TASKS_PER_PROCESS = 3.5  # SeedSpec.tasks_per_process = (1, 6)
-
-
-def _rss_mib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 2 ** 20
-    except OSError:
-        return 0
 
 
 def run_measured(argv: list[str], env: dict) -> tuple[float, int, int]:
     """Run a process; return (seconds, peak RSS in MiB, exit code). Prints the RSS curve."""
     # stderr to a file, not a pipe: a chatty process would fill the pipe and block forever.
     with tempfile.TemporaryFile() as errors:
-        start = time.perf_counter()
+        start = time.monotonic()
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=errors)
-        curve: list[int] = []
-
-        def sample() -> None:
-            while proc.returncode is None:
-                curve.append(_rss_mib(proc.pid))
-                time.sleep(0.5)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        sampler.join()
+        seconds, usage, samples = wait_sampling_rss(proc, start)
+        curve = [int(mib) for mib in samples]
         print(f"    CPU {usage.ru_utime + usage.ru_stime:.1f} s (user {usage.ru_utime:.1f}, "
               f"system {usage.ru_stime:.1f})", flush=True)
         if curve:  # resident memory at each tenth of the run: flat, or growing with the data?

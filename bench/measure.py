@@ -7,7 +7,10 @@ depends on how much work it makes the server do; printing both shows where the t
 from __future__ import annotations
 
 import os
+import subprocess
+import threading
 import time
+from typing import Optional
 
 
 def cpu_seconds(name: str) -> float:
@@ -49,3 +52,36 @@ def wait_until_idle(name: str, *, below: float = 0.05, quiet_for: float = 2.0, t
         else:
             quiet_since = None
     return time.monotonic() - start
+
+
+def rss_mib(pid: int) -> Optional[float]:
+    """Resident memory of a running process, in MiB (None once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return int(next(line.split()[1] for line in status if line.startswith("VmRSS"))) / 1024
+    except (OSError, StopIteration):
+        return None
+
+
+def wait_sampling_rss(proc: subprocess.Popen, started: float, every: float = 0.5):
+    """Wait for ``proc`` while a thread samples its resident memory every ``every`` seconds.
+
+    Returns (seconds since ``started``, on the monotonic clock; the child's rusage, from
+    os.wait4; the samples in MiB): memory must not climb as a run goes on.
+    """
+    samples: list[float] = []
+
+    def sample() -> None:
+        while proc.returncode is None:
+            mib = rss_mib(proc.pid)
+            if mib is not None:
+                samples.append(mib)
+            time.sleep(every)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    sampler.join()
+    return seconds, usage, samples
