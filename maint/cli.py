@@ -18,10 +18,10 @@ from typing import Callable, Iterator, Optional
 import click
 
 from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, bucket_options, dsn_option, init_logging, run_job,
-                          run_options, s3_options)
+                          run_options, s3_options, writing_report)
 from ponoskit.connections import S3Settings, redact
 from ponoskit.context import Context
-from ponoskit.errors import ConfigError, FlushError, PonosError
+from ponoskit.errors import ConfigError, FlushError
 
 from .cleanup import CleanupOptions, Outcome, run_cleanup
 from .orphans import OrphanOptions, run_orphans
@@ -82,26 +82,24 @@ def _sigterm_sets(stop: threading.Event) -> Iterator[None]:
 def _execute(ctx: Context, report_path: Optional[str], job: Callable[[], Outcome],
              stop: threading.Event) -> int:
     """Run the job, write the report whatever happens, turn the outcome into an exit code."""
-    status = "error"
-    try:
-        with _sigterm_sets(stop):
-            outcome = job()
-        status = "complete" if outcome.complete else "incomplete"
+    fields = {"status": "error"}
+    with writing_report(ctx.report, report_path, fields):
         try:
-            ctx.close()
-        except FlushError as err:
-            ctx.report.error(redact(str(err)))
-            status = "incomplete"
-        return EXIT_OK if status == "complete" else EXIT_INCOMPLETE
-    except PonosError as err:
-        ctx.report.error(redact(str(err)))
-        raise
-    finally:
-        try:
-            ctx.close()
-        except FlushError:
-            pass  # already recorded above, or the job failed for another reason first
-        ctx.report.write(report_path, status=status)
+            with _sigterm_sets(stop):
+                outcome = job()
+            status = "complete" if outcome.complete else "incomplete"
+            try:
+                ctx.close()
+            except FlushError as err:
+                ctx.report.error(redact(str(err)))
+                status = "incomplete"
+            fields["status"] = status
+            return EXIT_OK if status == "complete" else EXIT_INCOMPLETE
+        finally:
+            try:
+                ctx.close()
+            except FlushError:
+                pass  # already recorded above, or the job failed for another reason first
 
 
 def common_options(f):

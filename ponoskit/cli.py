@@ -96,15 +96,19 @@ def run_job(fn: Callable[..., int]) -> Callable[..., None]:
 
 
 @contextlib.contextmanager
-def writing_report(report: Report, path: Optional[str]) -> Iterator[Report]:
-    """Around a job: a typed error goes into the report, which is written whatever happens."""
+def writing_report(report: Report, path: Optional[str], fields: Optional[dict] = None) -> Iterator[Report]:
+    """Around a job: a typed error goes into the report, which is written whatever happens.
+
+    ``fields`` go into the report as written at the end of the block, so the job may still
+    fill them in (the cleanup's status).
+    """
     try:
         yield report
     except PonosError as err:
         report.error(redact(str(err)))
         raise
     finally:
-        report.write(path)
+        report.write(path, **(fields or {}))
 
 
 def _write_metrics(code: int) -> None:
