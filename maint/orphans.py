@@ -30,7 +30,6 @@ from . import preflight
 from .cleanup import Outcome
 
 LOCK_KEY = preflight.lock_key("ponos-maint orphans")
-NEW_LAYOUT = (keys.Kind.NEW_ARTIFACT, keys.Kind.NEW_LOG)
 PAGE = 1000
 
 
@@ -49,17 +48,17 @@ def run_orphans(ctx, opts: OrphanOptions) -> Outcome:
     cutoff = opts.before - opts.grace
     ctx.report.info.update(orphans_modified_before=cutoff.isoformat(),
                            artifacts_bucket=opts.artifacts_bucket, logs_bucket=opts.logs_bucket)
-    roles: dict[str, dict[str, bool]] = {}
-    roles.setdefault(opts.artifacts_bucket, {"logs": False, "artifacts": False})["artifacts"] = True
-    roles.setdefault(opts.logs_bucket, {"logs": False, "artifacts": False})["logs"] = True
+    passes = keys.bucket_passes(opts.artifacts_bucket, opts.logs_bucket)
     reasons: list[str] = []
     with ctx.advisory_lock(LOCK_KEY, "ponos-maint orphans"):
         preflight.require_folded(ctx.db)
-        preflight.check_buckets(ctx, *roles)
+        preflight.check_buckets(ctx, *(p.bucket for p in passes))
         try:
-            for bucket, role in roles.items():
-                with ctx.report.phase("orphans", bucket=bucket):
-                    stopped = sweep_bucket(ctx, bucket, cutoff=cutoff, opts=opts, started=started, **role)
+            for bucket_pass in passes:
+                with ctx.report.phase("orphans", bucket=bucket_pass.bucket):
+                    stopped = sweep_bucket(ctx, bucket_pass.bucket, logs=bucket_pass.logs,
+                                           artifacts=bucket_pass.artifacts, cutoff=cutoff, opts=opts,
+                                           started=started)
                 if stopped:
                     reasons.append(stopped)
                     break
@@ -109,7 +108,7 @@ def sweep_entry(ctx, bucket: str, entry: str, deleter, *, logs: bool, artifacts:
         known = tasks.known_tasks_of_keys(ctx.db, (obj.key for obj in page))
         for obj in page:
             found = keys.classify(obj.key, known, logs=logs, artifacts=artifacts)
-            if found.kind not in NEW_LAYOUT or found.task_id in known:
+            if not found.is_new or found.task_id in known:
                 ctx.report.count("orphan_scan_not_new_layout")
             elif timestamp(obj.last_modified) >= cutoff:
                 ctx.report.count("orphans_within_grace")

@@ -19,7 +19,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
-import psycopg
 
 from maint.cleanup import CleanupOptions, run_cleanup
 from ponoskit import keys, local, schema, seed
@@ -48,25 +47,23 @@ class Step:
     seconds: float
 
 
-def snapshot(dsn: str, s3_context: Context) -> dict[str, object]:
+def snapshot(context: Context) -> dict[str, object]:
     """Row counts per table and object counts per key layout."""
+    conn = context.db
     counts: dict[str, object] = {}
-    with psycopg.connect(dsn) as conn:
-        for table in TABLES:
-            counts[table] = (conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-                             if schema.table_exists(conn, table) else "dropped")
-        counts["schema"] = schema.schema_state(conn)
-        for bucket, role in ((ARTIFACTS, "artifacts"), (LOGS, "logs")):
-            layout = {"legacy": 0, "new": 0, "other": 0}
-            for page in iter_pages(s3_context.s3, bucket):
-                known = known_tasks_of_keys(conn, (obj.key for obj in page))
-                for obj in page:
-                    found = keys.classify(obj.key, known, logs=role == "logs", artifacts=role == "artifacts")
-                    kind = ("legacy" if found.is_legacy else
-                            "new" if found.kind in (keys.Kind.NEW_ARTIFACT, keys.Kind.NEW_LOG) else "other")
-                    layout[kind] += 1
-            for kind, number in layout.items():
-                counts[f"s3 {role}: {kind} keys"] = number
+    for table in TABLES:
+        counts[table] = (conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+                         if schema.table_exists(conn, table) else "dropped")
+    counts["schema"] = schema.schema_state(conn)
+    for bucket, role in ((ARTIFACTS, "artifacts"), (LOGS, "logs")):
+        layout = {"legacy": 0, "new": 0, "other": 0}
+        for page in iter_pages(context.s3, bucket):
+            known = known_tasks_of_keys(conn, (obj.key for obj in page))
+            for obj in page:
+                found = keys.classify(obj.key, known, logs=role == "logs", artifacts=role == "artifacts")
+                layout["legacy" if found.is_legacy else "new" if found.is_new else "other"] += 1
+        for kind, number in layout.items():
+            counts[f"s3 {role}: {kind} keys"] = number
     return counts
 
 
@@ -111,26 +108,26 @@ def _run(dsn: str, settings: S3Settings, processes: int, echo) -> bool:
                                         artifacts_bucket=ARTIFACTS, logs_bucket=LOGS)
         echo(f"Seeded {summary.workflows} workflows, {summary.processes} processes, {summary.tasks} tasks, "
              f"{summary.artifacts} artifacts, {counts['logs']} logs, {counts['unrecognized']} foreign keys")
-        before = snapshot(dsn, context)
+        before = snapshot(context)
 
     buckets = {"artifacts_bucket": ARTIFACTS, "logs_bucket": LOGS}
+
+    def verified(r: Report) -> str:
+        return _counts(r, "artifacts_found", "logs_found", "missing_artifacts", "legacy_left", "missing_logs")
+
     steps = [
         run_step("db-fold-workflow", settings, dsn, lambda c: fold_workflows(c, FoldOptions(), progress=progress) or True,
                  lambda r: f"{len(r.phases)} phases", echo),
         run_step("s3-rename", settings, dsn, lambda c: rename(c, RenameOptions(**buckets)),
                  lambda r: _counts(r, "moved", "already_moved", "conflicts", "failed", "unrecognized"), echo),
-        run_step("verify", settings, dsn, lambda c: verify(c, **buckets),
-                 lambda r: _counts(r, "artifacts_found", "logs_found", "missing_artifacts", "legacy_left",
-                                   "missing_logs"), echo),
+        run_step("verify", settings, dsn, lambda c: verify(c, **buckets), verified, echo),
         run_step("cleanup", settings, dsn, lambda c: run_cleanup(c, CleanupOptions(
             ARTIFACTS, LOGS, datetime.now(timezone.utc))).complete,
-            lambda r: ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(r.counts.items())), echo),
-        run_step("verify (after cleanup)", settings, dsn, lambda c: verify(c, **buckets),
-                 lambda r: _counts(r, "artifacts_found", "logs_found", "missing_artifacts", "legacy_left",
-                                   "missing_logs"), echo),
+            lambda r: _counts(r, *sorted(r.counts)), echo),
+        run_step("verify (after cleanup)", settings, dsn, lambda c: verify(c, **buckets), verified, echo),
     ]
     with Context(job="demo-after", dsn=dsn, s3=settings) as context:
-        after = snapshot(dsn, context)
+        after = snapshot(context)
 
     width = max(len(name) for name in before)
     echo("")

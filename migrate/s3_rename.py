@@ -52,30 +52,9 @@ class RenameOptions:
     shard: Shard = field(default_factory=Shard)
 
 
-@dataclass(frozen=True)
-class BucketPass:
-    """One listing of one bucket, and which layouts it holds."""
-    bucket: str
-    artifacts: bool
-    logs: bool
-
-
-def plan_passes(options: RenameOptions) -> list[BucketPass]:
-    if not options.artifacts_bucket and not options.logs_bucket:
-        raise ConfigError("give --artifacts-bucket, --logs-bucket or both")
-    if options.artifacts_bucket == options.logs_bucket:
-        return [BucketPass(options.artifacts_bucket, artifacts=True, logs=True)]
-    passes = []
-    if options.artifacts_bucket:
-        passes.append(BucketPass(options.artifacts_bucket, artifacts=True, logs=False))
-    if options.logs_bucket:
-        passes.append(BucketPass(options.logs_bucket, artifacts=False, logs=True))
-    return passes
-
-
 def rename(context, options: RenameOptions) -> bool:
     """Run the rename; True when every legacy key in scope is at its new key (exit 0)."""
-    passes = plan_passes(options)
+    passes = keys.bucket_passes(options.artifacts_bucket, options.logs_bucket)
     report = context.report
     report.info.update(buckets=[p.bucket for p in passes], shard=str(options.shard),
                        use_db=context.use_db, workers=options.workers,
@@ -112,7 +91,7 @@ def _snapshot(state: dict) -> dict:
     return {bucket: dict(values) for bucket, values in state.items()}
 
 
-def preflight(context, passes: list[BucketPass], checkpoint: Checkpoint) -> dict:
+def preflight(context, passes: list[keys.BucketPass], checkpoint: Checkpoint) -> dict:
     """Check everything that could make the run fail before anything changes."""
     state = checkpoint.load()
     if context.use_db and not table_exists(context.db, "ponos_task"):
@@ -139,7 +118,7 @@ def known_tasks(context, page: Iterable[ObjectInfo]) -> Optional[set[str]]:
     return known_tasks_of_keys(context.db, (obj.key for obj in page)) if context.use_db else None
 
 
-def move_bucket(context, bucket_pass: BucketPass, options: RenameOptions, present: UUIDBloomFilter,
+def move_bucket(context, bucket_pass: keys.BucketPass, options: RenameOptions, present: UUIDBloomFilter,
                 progress_state: dict, save) -> bool:
     """Stream, classify and move one bucket's shard; True when nothing was left behind."""
     report, shard = context.report, options.shard
@@ -219,7 +198,7 @@ def record(report, result: MoveResult) -> bool:
 
 def record_left_alone(report, found: keys.Classified) -> bool:
     """Count a key the rename keeps; False when it may be legacy but could not be decided."""
-    if found.kind in (keys.Kind.NEW_ARTIFACT, keys.Kind.NEW_LOG):
+    if found.is_new:
         report.count("new_layout")
     elif found.kind is keys.Kind.UNDECIDED:
         report.add("undecided", found.key, limit=LISTED_KEYS_LIMIT)

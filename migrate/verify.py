@@ -30,25 +30,22 @@ PROBLEMS = ("missing_artifacts", "size_mismatches", "legacy_left", "fold_under_w
 
 def verify(context, *, artifacts_bucket: Optional[str], logs_bucket: Optional[str]) -> bool:
     """True when database and buckets agree (exit 0)."""
-    if not artifacts_bucket and not logs_bucket:
-        raise ConfigError("give --artifacts-bucket, --logs-bucket or both")
+    passes = keys.bucket_passes(artifacts_bucket, logs_bucket)
     report = context.report
     with report.phase("preflight"):
         state = schema.schema_state(context.db)
         if state == schema.UNKNOWN:
             raise ConfigError("the database has no Ponos tables: is --dsn the Arkindex database?")
-        for bucket in {artifacts_bucket, logs_bucket} - {None}:
-            check_bucket(context.s3, bucket)
+        for bucket_pass in passes:
+            check_bucket(context.s3, bucket_pass.bucket)
     report.info["schema"] = state
     if state == schema.PARTIAL:
         report.add("fold_under_way", "db-fold-workflow has not finished: run it again")
 
-    shared = artifacts_bucket == logs_bucket
-    for bucket, holds_artifacts, holds_logs in (
-            (artifacts_bucket, True, shared), (None if shared else logs_bucket, False, True)):
-        if bucket:
-            with report.phase("check", bucket=bucket):
-                check_bucket_against_rows(context, bucket, artifacts=holds_artifacts, logs=holds_logs)
+    for bucket_pass in passes:
+        with report.phase("check", bucket=bucket_pass.bucket):
+            check_bucket_against_rows(context, bucket_pass.bucket, artifacts=bucket_pass.artifacts,
+                                      logs=bucket_pass.logs)
     return not any(report.counts[name] for name in PROBLEMS)
 
 
@@ -145,7 +142,7 @@ def classify_left(report, found: keys.Classified, tasks: set[str]) -> None:
     """Count an object that no artifact row accounts for."""
     if found.is_legacy or found.kind is keys.Kind.UNDECIDED:
         report.add("legacy_left", found.key, limit=LISTED_LIMIT)
-    elif found.kind in (keys.Kind.NEW_LOG, keys.Kind.NEW_ARTIFACT) and found.task_id not in tasks:
+    elif found.is_new and found.task_id not in tasks:
         report.add("orphans", found.key, limit=LISTED_LIMIT)
     elif found.kind is keys.Kind.NEW_LOG:
         report.count("logs_found")

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Collection, Optional
 from uuid import UUID
 
+from .errors import ConfigError
+
 _UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 # \Z, not $: "$" also matches before a trailing newline, and S3 keys may end with one.
 _UUID_RE = re.compile(rf"^{_UUID}\Z")
@@ -71,6 +73,32 @@ class Classified:
     @property
     def is_legacy(self) -> bool:
         return self.kind in (Kind.LEGACY_ARTIFACT, Kind.LEGACY_LOG)
+
+    @property
+    def is_new(self) -> bool:
+        return self.kind in (Kind.NEW_ARTIFACT, Kind.NEW_LOG)
+
+
+@dataclass(frozen=True)
+class BucketPass:
+    """One listing of one bucket, and which layouts it holds."""
+    bucket: str
+    artifacts: bool
+    logs: bool
+
+
+def bucket_passes(artifacts_bucket: Optional[str], logs_bucket: Optional[str]) -> list[BucketPass]:
+    """The listings that cover these buckets: one when both layouts share a bucket."""
+    if not artifacts_bucket and not logs_bucket:
+        raise ConfigError("give --artifacts-bucket, --logs-bucket or both")
+    if artifacts_bucket == logs_bucket:
+        return [BucketPass(artifacts_bucket, artifacts=True, logs=True)]
+    passes = []
+    if artifacts_bucket:
+        passes.append(BucketPass(artifacts_bucket, artifacts=True, logs=False))
+    if logs_bucket:
+        passes.append(BucketPass(logs_bucket, artifacts=False, logs=True))
+    return passes
 
 
 def task_ids_in(key: str) -> list[str]:

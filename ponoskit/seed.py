@@ -38,8 +38,6 @@ AWKWARD_PATHS = [
 CONTENT_TYPES = ["application/json", "text/plain; charset=utf-8", "application/octet-stream",
                  "application/gzip", "text/xml"]
 UNRECOGNIZED_KEYS = ["README", "tmp/scratch.txt", "tmp/", "backup-2021/notes.md"]
-FINISHED_STATES = list(tasks.FINISHED_STATES)
-UNFINISHED_STATES = list(tasks.UNFINISHED_STATES)
 
 
 @dataclass
@@ -111,7 +109,7 @@ def seed_database(conn: psycopg.Connection, spec: SeedSpec = SeedSpec()) -> Seed
         for t in range(rng.randint(*spec.tasks_per_process)):
             task_id = _uuid(rng)
             expiry = now - timedelta(days=rng.uniform(1, 30)) if expired else now + timedelta(days=rng.uniform(1, 30))
-            state = rng.choice(UNFINISHED_STATES) if running and t == 0 else rng.choice(FINISHED_STATES)
+            state = rng.choice(tasks.UNFINISHED_STATES) if running and t == 0 else rng.choice(tasks.FINISHED_STATES)
             run = rng.choice([0, 0, 0, 1, 2])
             rows["ponos_task"].append((
                 task_id, run, min(t, 3), f"task-{t}", 10, state, "worker run", "registry/worker:latest",

@@ -1440,3 +1440,21 @@ def test_listing_group_keeps_a_tasks_keys_together_in_both_orders():
     tree_order = [f"{task}/a.txt", f"{task}/dir/b", f"{task}.log", f"{task}.log.bak", f"{other}/x"]
     groups = lambda ks: [g for i, g in enumerate(map(listing_group, ks)) if i == 0 or g != listing_group(ks[i - 1])]
     assert groups(byte_order) == groups(tree_order) == [task, other]
+
+
+# =========================================================================================
+# keys.bucket_passes: which listings cover the buckets (rename, verify, orphan sweep)
+
+def test_bucket_passes_one_listing_when_both_layouts_share_a_bucket():
+    assert keys.bucket_passes("b", "b") == [keys.BucketPass("b", artifacts=True, logs=True)]
+    assert keys.bucket_passes("a", "l") == [keys.BucketPass("a", artifacts=True, logs=False),
+                                            keys.BucketPass("l", artifacts=False, logs=True)]
+    assert keys.bucket_passes("a", None) == [keys.BucketPass("a", artifacts=True, logs=False)]
+    assert keys.bucket_passes(None, "l") == [keys.BucketPass("l", artifacts=False, logs=True)]
+    with pytest.raises(ConfigError, match="--artifacts-bucket, --logs-bucket or both"):
+        keys.bucket_passes(None, "")
+
+
+def test_is_new_is_exactly_the_new_layout_kinds():
+    for kind in Kind:
+        assert keys.Classified("k", kind).is_new == (kind in (Kind.NEW_ARTIFACT, Kind.NEW_LOG))
