@@ -20,6 +20,7 @@ TASK_PROCESS_NOT_NULL_CHECK = "ponos_task_process_id_not_null"
 NOT_NULL_CHECK = "CHECK (process_id IS NOT NULL)"
 ANALYZE_SQL = "ANALYZE ponos_task (process_id), process_process (farm_id, started, finished)"
 NULL_PROCESS_SQL = "SELECT id FROM ponos_task WHERE process_id IS NULL LIMIT %(limit)s"  # via the index
+DROP_LOCK_SQL = "LOCK TABLE ponos_task, process_process, ponos_workflow IN ACCESS EXCLUSIVE MODE"
 
 
 class CreateIndex(Phase):
@@ -88,25 +89,28 @@ class DropWorkflow(Phase):
         return schema.schema_state(job.conn) != schema.FOLDED
 
     def sql(self, job: Job) -> list[str]:
+        """What --dry-run shows: the lock, the check for lost processes, the changes, ANALYZE."""
+        return [DROP_LOCK_SQL, NULL_PROCESS_SQL.replace("%(limit)s", "1"), *self.changes(job), ANALYZE_SQL]
+
+    def changes(self, job: Job) -> list[str]:
+        """The statements that drop the workflow, run under DROP_LOCK_SQL in one transaction."""
         last = (f"ALTER TABLE ponos_workflow RENAME TO {KEPT_WORKFLOW_TABLE}" if job.options.keep_workflow_table
                 else "DROP TABLE ponos_workflow")
-        return ["LOCK TABLE ponos_task, process_process, ponos_workflow IN ACCESS EXCLUSIVE MODE",
-                NULL_PROCESS_SQL.replace("%(limit)s", "1"),
-                *[s for t in triggers.all_triggers(job.conn) for s in t.drop_sql()],
+        return [*[s for t in triggers.all_triggers(job.conn) for s in t.drop_sql()],
                 f"ALTER TABLE ponos_task ADD CONSTRAINT {TASK_PROCESS_NOT_NULL_CHECK} {NOT_NULL_CHECK} NOT VALID",
                 "ALTER TABLE ponos_task DROP COLUMN workflow_id",
-                "ALTER TABLE process_process DROP COLUMN workflow_id", last, ANALYZE_SQL]
+                "ALTER TABLE process_process DROP COLUMN workflow_id", last]
 
     def run(self, job: Job, record: dict[str, Any]) -> None:
-        lock, _shown_null_check, *changes, _analyze = self.sql(job)
+        changes = self.changes(job)
 
         def drop(conn) -> None:
-            conn.execute(lock)
-            lost = [str(row[0]) for row in conn.execute(NULL_PROCESS_SQL, {"limit": 21})]
+            conn.execute(DROP_LOCK_SQL)
+            lost = [str(row[0]) for row in conn.execute(NULL_PROCESS_SQL, {"limit": verify.SHOWN_IDS + 1})]
             if lost:
                 raise verify.VerificationFailed(
-                    f"task(s) without a process appeared since the verification: {', '.join(lost[:20])}; "
-                    "nothing dropped; run again (the preflight lists them)")
+                    f"task(s) without a process appeared since the verification: "
+                    f"{', '.join(lost[:verify.SHOWN_IDS])}; nothing dropped; run again (the preflight lists them)")
             for statement in changes:
                 conn.execute(statement)
 
