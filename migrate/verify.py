@@ -81,15 +81,17 @@ def _expected_objects(conn, *, artifacts: bool, logs: bool) -> Iterator[tuple[st
 class _Merge:
     """Walk expected objects and listed objects side by side, one task's objects at a time."""
 
-    def __init__(self, report, rows: Iterator[tuple[str, str, Optional[int], bool]]):
+    def __init__(self, report, rows: Iterator[tuple[str, str, Optional[int], bool]], *, artifacts: bool,
+                 logs: bool):
         self.report = report
         self.rows = rows
+        self.artifacts, self.logs = artifacts, logs
         self.row = next(rows, None)
 
     def _missing(self, key: str, required: bool) -> None:
         self.report.add("missing_artifacts" if required else "missing_logs", key, limit=LISTED_LIMIT)
 
-    def group(self, group: str, listed: dict[str, tuple[ObjectInfo, keys.Classified, set]]) -> None:
+    def group(self, group: str, listed: dict[str, tuple[ObjectInfo, set]]) -> None:
         while self.row is not None and self.row[0] < group:  # tasks with no object at all
             self._missing(self.row[1], self.row[3])
             self.row = next(self.rows, None)
@@ -97,9 +99,10 @@ class _Merge:
         while self.row is not None and self.row[0] == group:
             expected[self.row[1]] = self.row
             self.row = next(self.rows, None)
-        for key, (obj, found, tasks) in listed.items():
+        for key, (obj, tasks) in listed.items():
             row = expected.pop(key, None)
-            if row is None:
+            if row is None:  # the rare case: only these keys need classifying
+                found = keys.classify(key, tasks, logs=self.logs, artifacts=self.artifacts)
                 classify_left(self.report, found, tasks)
             elif not row[3]:
                 self.report.count("logs_found")
@@ -120,7 +123,8 @@ def check_bucket_against_rows(context, bucket: str, *, artifacts: bool, logs: bo
     # A named cursor lives in a transaction: use a connection of its own, read only.
     with context.connect(autocommit=False) as conn:
         conn.read_only = True
-        merge = _Merge(context.report, _expected_objects(conn, artifacts=artifacts, logs=logs))
+        merge = _Merge(context.report, _expected_objects(conn, artifacts=artifacts, logs=logs),
+                       artifacts=artifacts, logs=logs)
         group, listed = None, {}
         for page in _pages(context, bucket):
             tasks = known_tasks_of_keys(context.db, (obj.key for obj in page))
@@ -130,8 +134,7 @@ def check_bucket_against_rows(context, bucket: str, *, artifacts: bool, logs: bo
                     if group is not None:
                         merge.group(group, listed)
                     group, listed = key_group, {}
-                found = keys.classify(obj.key, tasks, logs=logs, artifacts=artifacts)
-                listed[obj.key] = (obj, found, tasks)
+                listed[obj.key] = (obj, tasks)
         if group is not None:
             merge.group(group, listed)
         merge.finish()
