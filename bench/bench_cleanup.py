@@ -95,8 +95,8 @@ def upload_objects(ctx: Context, dsn: str, artifacts: str, logs: str, only_tasks
     """Every artifact and log of the database's tasks (or of ``only_tasks``) at new-layout keys."""
     import obstore
 
-    stores = {artifacts: ctx.object_store(artifacts, concurrency=concurrency),
-              logs: ctx.object_store(logs, concurrency=concurrency)}
+    stores = {artifacts: ctx.object_store(artifacts, concurrency=concurrency, retries=5),
+              logs: ctx.object_store(logs, concurrency=concurrency, retries=5)}
     count = 0
 
     def objects():

@@ -76,7 +76,7 @@ def duplicate_bucket(ctx, source: str, target: str) -> None:
 
     import obstore
     ctx.s3.create_bucket(Bucket=target)
-    store_from, store_to = ctx.object_store(source), ctx.object_store(target)
+    store_from, store_to = ctx.object_store(source, retries=5), ctx.object_store(target, retries=5)
 
     async def copy(key):
         data = await obstore.get_async(store_from, key)
@@ -122,7 +122,7 @@ ctx = Context(job="bench", use_db=False, s3=S3Settings(endpoint_url=plan["endpoi
 async def main():
     limit = asyncio.Semaphore(64)
     for bucket, moves in plan["buckets"].items():
-        store = ctx.object_store(bucket)
+        store = ctx.object_store(bucket, retries=5)
         async def one(old, new):
             async with limit:
                 await obstore.copy_async(store, old, new)

@@ -28,6 +28,7 @@ import psycopg
 
 from ponoskit import tasks
 from ponoskit.cli import progress
+from ponoskit.s3.errors import S3PermissionError, one_line
 
 from . import outbox, preflight
 from .purge import Purger
@@ -84,12 +85,14 @@ class CleanupOptions:
     batch_size: int = 1000
     max_runtime: Optional[float] = None  # seconds; checked between batches
     stop: Optional[threading.Event] = None  # set by a signal handler: stop between batches
+    retry_set_aside: bool = False  # give outbox rows set aside after repeated refusals another go
 
 
 @dataclass
 class Outcome:
     complete: bool
     reasons: list[str]
+    transient: bool = False  # what is left is left because S3 kept failing: run again later (75)
 
 
 def run_cleanup(ctx, opts: CleanupOptions) -> Outcome:
@@ -136,20 +139,34 @@ def clean(ctx, opts: CleanupOptions, params: dict, started: float) -> Outcome:
     finally:
         with ctx.report.phase("s3"):
             purger.close()
+    transient = False
     if purger.broken is not None:
-        reasons.append("S3 failed: the outbox keeps what is left for the next run")
+        if isinstance(purger.broken, S3PermissionError):
+            raise purger.broken  # configuration: exit 2, the outbox keeps the work
+        transient = True
+        reasons.append(f"S3 failed ({one_line(purger.broken)}): the outbox keeps what is left for the next run")
     elif purger.failures:
         reasons.append(f"{purger.failures} S3 failure(s): the outbox keeps them for the next run")
+    aside, rows = outbox.set_aside_rows(ctx.db)
+    if aside:
+        ctx.report.count("outbox_set_aside", aside)
+        for row in rows:
+            ctx.report.add("outbox_set_aside_rows", row, also_count=False)
+        reasons.append(f"{aside} outbox target(s) set aside after {outbox.MAX_ATTEMPTS} refused attempts "
+                       "(see the report): fix the cause, then run with --retry-set-aside")
     if not reasons:
         left = ctx.db.execute(f"SELECT count(*) FROM ponos_task t WHERE {DUE}", params).fetchone()[0]
         if left:
             ctx.report.count("tasks_left_locked", left)
             reasons.append(f"{left} due task(s) were locked by another transaction and skipped")
     log_summary(ctx, reasons)
-    return Outcome(not reasons, reasons)
+    return Outcome(not reasons, reasons, transient=transient)
 
 
 def drain_outbox(ctx, purger: Purger, opts: CleanupOptions, started: float) -> None:
+    if opts.retry_set_aside:
+        released = outbox.release_set_aside(ctx.db)
+        ctx.report.count("outbox_rows_released", released)
     rows, top = outbox.pending(ctx.db)
     ctx.report.count("outbox_rows_pending_at_start", rows)
     if rows:
@@ -240,9 +257,9 @@ def plan(ctx, opts: CleanupOptions, params: dict) -> Outcome:
                 after = ids[-1]
     finally:
         purger.close()
-    reasons = ["S3 failed while counting"] if purger.broken is not None else []
+    reasons = [f"S3 failed while counting ({one_line(purger.broken)})"] if purger.broken is not None else []
     log_summary(ctx, reasons)
-    return Outcome(not reasons, reasons)
+    return Outcome(not reasons, reasons, transient=bool(reasons))
 
 
 def log_summary(ctx, reasons: list[str]) -> None:

@@ -1,7 +1,8 @@
 """``ponos-maint``: the recurring maintenance jobs (cron, systemd timers, Kubernetes CronJobs).
 
 Exit codes: 0 everything due was done; 1 the run did part of it (see the report; run again);
-2 bad usage or configuration, nothing changed; 3 another run holds the lock.
+2 bad usage or configuration, nothing changed; 3 another run holds the lock; 75 S3 or
+PostgreSQL kept failing (transient: run again later, what is owed waits in the outbox).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import signal
 import threading
 from datetime import datetime, timedelta, timezone
@@ -17,29 +17,14 @@ from typing import Callable, Iterator, Optional
 
 import click
 
-from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, bucket_options, dsn_option, init_logging, run_job,
-                          run_options, s3_options, writing_report)
+from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, EXIT_TEMPFAIL, bucket_options, dsn_option, init_logging,
+                          parse_duration, remember_report, run_job, run_options, s3_options, writing_report)
 from ponoskit.connections import S3Settings, redact
 from ponoskit.context import Context
 from ponoskit.errors import ConfigError, FlushError
 
 from .cleanup import CleanupOptions, Outcome, run_cleanup
 from .orphans import OrphanOptions, run_orphans
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(option: str, value: Optional[str]) -> Optional[float]:
-    """Seconds from ``600``, ``10m``, ``1h30m``, ``7d``; ConfigError otherwise."""
-    if value is None:
-        return None
-    text = value.strip().lower()
-    parts = _DURATION_PART.findall(text)
-    if not text or "".join(n + u for n, u in parts) != text:
-        raise ConfigError(f"{option}: {value!r} is not a duration (examples: 600, 10m, 1h30m, 7d)")
-    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
-
 
 def parse_before(value: Optional[str]) -> datetime:
     """An ISO 8601 timestamp (UTC when it has no offset); now when absent."""
@@ -94,7 +79,9 @@ def _execute(ctx: Context, report_path: Optional[str], job: Callable[[], Outcome
                 ctx.report.error(redact(str(err)))
                 status = "incomplete"
             fields["status"] = status
-            return EXIT_OK if status == "complete" else EXIT_INCOMPLETE
+            if status == "complete":
+                return EXIT_OK
+            return EXIT_TEMPFAIL if outcome.transient else EXIT_INCOMPLETE
         finally:
             try:
                 ctx.close()
@@ -116,9 +103,12 @@ def common_options(f):
     return f
 
 
-def _context(job: str, dsn, endpoint_url, profile, s3_max_attempts, dry_run) -> Context:
-    return Context(job=job, dsn=dsn, dry_run=dry_run,
-                   s3=S3Settings(endpoint_url=endpoint_url, profile=profile, max_attempts=s3_max_attempts))
+def _context(job: str, dsn, endpoint_url, profile, s3_max_attempts, retry_deadline, dry_run) -> Context:
+    ctx = Context(job=job, dsn=dsn, dry_run=dry_run,
+                  s3=S3Settings(endpoint_url=endpoint_url, profile=profile, max_attempts=s3_max_attempts,
+                                retry_deadline=retry_deadline))
+    remember_report(ctx.report)
+    return ctx
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -128,7 +118,8 @@ def main() -> None:
 
     \b
     Exit codes: 0 done; 1 part left (run again, see --report);
-                2 bad usage or configuration, nothing changed; 3 another run holds the lock.
+                2 bad usage or configuration, nothing changed; 3 another run holds the lock;
+                75 S3 or PostgreSQL kept failing: run again later.
     """
 
 
@@ -140,9 +131,12 @@ def main() -> None:
               help="After the cleanup, sweep objects whose task no longer exists (see `orphans`).")
 @click.option("--grace", default="7d", show_default=True, metavar="DURATION",
               help="With --orphans: only objects last modified longer ago than this.")
+@click.option("--retry-set-aside", is_flag=True,
+              help="Retry the outbox targets set aside after repeated S3 refusals (once their cause is fixed).")
 @run_job
-def cleanup(dsn, endpoint_url, profile, artifacts_bucket, logs_bucket, dry_run, report_path, verbosity,
-            quiet, log_format, s3_max_attempts, before, max_runtime, batch_size, with_orphans, grace):
+def cleanup(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_bucket, dry_run, report_path,
+            verbosity, quiet, log_format, s3_max_attempts, before, max_runtime, batch_size, with_orphans, grace,
+            retry_set_aside):
     """Delete the tasks of expired processes with their rows and their S3 files.
 
     A process is expired when it has tasks and all of them expired before --before (default
@@ -157,11 +151,11 @@ def cleanup(dsn, endpoint_url, profile, artifacts_bucket, logs_bucket, dry_run, 
     seconds = parse_duration("--max-runtime", max_runtime)
     grace_period = timedelta(seconds=parse_duration("--grace", grace))
     stop = threading.Event()
-    ctx = _context("cleanup", dsn, endpoint_url, profile, s3_max_attempts, dry_run)
+    ctx = _context("cleanup", dsn, endpoint_url, profile, s3_max_attempts, retry_deadline, dry_run)
 
     def job() -> Outcome:
         outcome = run_cleanup(ctx, CleanupOptions(artifacts, logs, moment, batch_size=batch_size,
-                                                  max_runtime=seconds, stop=stop))
+                                                  max_runtime=seconds, stop=stop, retry_set_aside=retry_set_aside))
         if not with_orphans or not outcome.complete:
             return outcome
         return run_orphans(ctx, OrphanOptions(artifacts, logs, moment, grace_period,
@@ -175,8 +169,8 @@ def cleanup(dsn, endpoint_url, profile, artifacts_bucket, logs_bucket, dry_run, 
 @click.option("--grace", default="7d", show_default=True, metavar="DURATION",
               help="Only objects last modified longer ago than this (before --before).")
 @run_job
-def orphans(dsn, endpoint_url, profile, artifacts_bucket, logs_bucket, dry_run, report_path, verbosity,
-            quiet, log_format, s3_max_attempts, before, max_runtime, grace):
+def orphans(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_bucket, dry_run, report_path,
+            verbosity, quiet, log_format, s3_max_attempts, before, max_runtime, grace):
     """Delete new-layout objects (<task>/..., <task>.log) whose task no longer exists.
 
     Only objects older than --grace are touched; legacy-layout and unrecognized keys are left
@@ -188,7 +182,7 @@ def orphans(dsn, endpoint_url, profile, artifacts_bucket, logs_bucket, dry_run, 
     seconds = parse_duration("--max-runtime", max_runtime)
     grace_period = timedelta(seconds=parse_duration("--grace", grace))
     stop = threading.Event()
-    ctx = _context("orphans", dsn, endpoint_url, profile, s3_max_attempts, dry_run)
+    ctx = _context("orphans", dsn, endpoint_url, profile, s3_max_attempts, retry_deadline, dry_run)
     return _execute(ctx, report_path, lambda: run_orphans(
         ctx, OrphanOptions(artifacts, logs, moment, grace_period, max_runtime=seconds, stop=stop)), stop)
 

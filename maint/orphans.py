@@ -22,7 +22,7 @@ import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ponoskit import keys, tasks
-from ponoskit.errors import FlushError, PonosError
+from ponoskit.errors import FlushError, PonosError, TransientError
 from ponoskit.s3.delete import delete_buffer
 from ponoskit.s3.listing import iter_pages, iter_top_level, timestamp
 
@@ -50,6 +50,7 @@ def run_orphans(ctx, opts: OrphanOptions) -> Outcome:
                            artifacts_bucket=opts.artifacts_bucket, logs_bucket=opts.logs_bucket)
     passes = keys.bucket_passes(opts.artifacts_bucket, opts.logs_bucket)
     reasons: list[str] = []
+    transient = False
     with ctx.advisory_lock(LOCK_KEY, "ponos-maint orphans"):
         preflight.require_folded(ctx.db)
         preflight.check_buckets(ctx, *(p.bucket for p in passes))
@@ -71,6 +72,7 @@ def run_orphans(ctx, opts: OrphanOptions) -> Outcome:
             try:
                 ctx.drain_buffers()
             except FlushError as err:
+                transient = any(isinstance(e, TransientError) for e in err.errors)
                 ctx.report.count("orphan_objects_failed", len(err.errors))
                 for error in err.errors[:100]:
                     ctx.report.error(f"could not delete orphan: {error}")
@@ -82,7 +84,7 @@ def run_orphans(ctx, opts: OrphanOptions) -> Outcome:
                  c["orphans_within_grace"], c["orphan_scan_not_new_layout"])
     for reason in reasons:
         ctx.log.warning("incomplete: %s", reason)
-    return Outcome(not reasons, reasons)
+    return Outcome(not reasons, reasons, transient=transient)
 
 
 def sweep_bucket(ctx, bucket: str, *, logs: bool, artifacts: bool, cutoff: datetime,

@@ -6,6 +6,11 @@ S3 confirmed every object it covers is gone. Whatever happens in between (S3 dow
 the next run finds the row and finishes the work first: no object is ever forgotten.
 
 One row is one :class:`Target`: an exact key (a task's log) or a prefix (a task's artifacts).
+
+A row S3 keeps refusing (a key a bucket policy protects, a server that fails on one key) must
+not hold the others up: each failed run counts an attempt on it, and after
+:data:`MAX_ATTEMPTS` it is *set aside*: no longer retried, reported on every run (exit 1) until
+an operator fixes the cause and runs ``ponos-maint cleanup --retry-set-aside``.
 """
 
 from __future__ import annotations
@@ -26,8 +31,17 @@ CREATE TABLE IF NOT EXISTS {TABLE} (
     bucket          text NOT NULL,
     key_or_prefix   text NOT NULL,
     kind            text NOT NULL CHECK (kind IN ('{KEY}', '{PREFIX}')),
-    created         timestamptz NOT NULL DEFAULT now()
+    created         timestamptz NOT NULL DEFAULT now(),
+    attempts        integer NOT NULL DEFAULT 0,
+    last_error      text,
+    set_aside       timestamptz
 )"""
+# An outbox created by an earlier release lacks the poison bookkeeping.
+UPGRADE_SQL = f"""
+ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS attempts integer NOT NULL DEFAULT 0,
+                    ADD COLUMN IF NOT EXISTS last_error text,
+                    ADD COLUMN IF NOT EXISTS set_aside timestamptz"""
+MAX_ATTEMPTS = 5
 
 
 @dataclass(frozen=True)
@@ -58,6 +72,9 @@ def exists(conn: psycopg.Connection) -> bool:
 
 def ensure(conn: psycopg.Connection) -> None:
     conn.execute(CREATE_SQL)
+    if conn.execute("SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                    "AND attname = 'set_aside' AND NOT attisdropped)", (TABLE,)).fetchone()[0]:
+        conn.execute(UPGRADE_SQL)
 
 
 def add(conn: psycopg.Connection, targets: Sequence[Target]) -> list[Target]:
@@ -72,20 +89,28 @@ def add(conn: psycopg.Connection, targets: Sequence[Target]) -> list[Target]:
     return [Target(bucket, key, kind, row_id) for row_id, bucket, key, kind in rows]
 
 
-def pending(conn: psycopg.Connection) -> tuple[int, int]:
-    """(number of rows, highest id) owed by earlier runs."""
+def _has_bookkeeping(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+                        "AND attname = 'set_aside' AND NOT attisdropped)", (TABLE,)).fetchone()[0]
+
+
+def pending(conn: psycopg.Connection, *, include_set_aside: bool = False) -> tuple[int, int]:
+    """(number of rows, highest id) owed by earlier runs, set-aside rows apart."""
     if not exists(conn):
         return 0, 0
-    count, top = conn.execute(f"SELECT count(*), coalesce(max(id), 0) FROM {TABLE}").fetchone()
+    where = "" if include_set_aside or not _has_bookkeeping(conn) else " WHERE set_aside IS NULL"
+    count, top = conn.execute(f"SELECT count(*), coalesce(max(id), 0) FROM {TABLE}{where}").fetchone()
     return count, top
 
 
-def iter_pending(conn: psycopg.Connection, up_to: int, *, chunk: int = 1000) -> Iterator[list[Target]]:
+def iter_pending(conn: psycopg.Connection, up_to: int, *, chunk: int = 1000,
+                 include_set_aside: bool = False) -> Iterator[list[Target]]:
     """Rows up to id ``up_to``, ``chunk`` at a time (keyset pages: memory stays flat)."""
     after = 0
+    skip = "" if include_set_aside or not _has_bookkeeping(conn) else " AND set_aside IS NULL"
     while after < up_to:
         rows = conn.execute(
-            f"SELECT id, bucket, key_or_prefix, kind FROM {TABLE} WHERE id > %s AND id <= %s "
+            f"SELECT id, bucket, key_or_prefix, kind FROM {TABLE} WHERE id > %s AND id <= %s{skip} "
             "ORDER BY id LIMIT %s", (after, up_to, chunk)).fetchall()
         if not rows:
             return
@@ -95,3 +120,36 @@ def iter_pending(conn: psycopg.Connection, up_to: int, *, chunk: int = 1000) -> 
 
 def remove(conn: psycopg.Connection, ids: Sequence[int]) -> int:
     return conn.execute(f"DELETE FROM {TABLE} WHERE id = ANY(%s)", (list(ids),)).rowcount
+
+
+def note_failures(conn: psycopg.Connection, failures: dict[int, str], *, max_attempts: int = MAX_ATTEMPTS) -> int:
+    """Count one more failed attempt on each row; set aside those past ``max_attempts``.
+    Returns how many rows were set aside now."""
+    if not failures:
+        return 0
+    ids = list(failures)
+    rows = conn.execute(
+        f"UPDATE {TABLE} o SET attempts = o.attempts + 1, last_error = f.error, "
+        "set_aside = CASE WHEN o.attempts + 1 >= %s THEN now() END "
+        "FROM unnest(%s::bigint[], %s::text[]) f(id, error) WHERE o.id = f.id RETURNING o.set_aside",
+        (max_attempts, ids, [failures[i][:500] for i in ids])).fetchall()
+    return sum(1 for (aside,) in rows if aside is not None)
+
+
+def set_aside_rows(conn: psycopg.Connection, *, limit: int = 100) -> tuple[int, list[dict]]:
+    """(how many rows are set aside, the first ``limit`` of them) for the report."""
+    if not exists(conn) or not _has_bookkeeping(conn):
+        return 0, []
+    count = conn.execute(f"SELECT count(*) FROM {TABLE} WHERE set_aside IS NOT NULL").fetchone()[0]
+    rows = conn.execute(
+        f"SELECT bucket, key_or_prefix, kind, attempts, last_error, set_aside FROM {TABLE} "
+        "WHERE set_aside IS NOT NULL ORDER BY id LIMIT %s", (limit,)).fetchall()
+    return count, [{"bucket": b, "key": k, "kind": kind, "attempts": a, "last_error": e, "set_aside": str(t)}
+                   for b, k, kind, a, e, t in rows]
+
+
+def release_set_aside(conn: psycopg.Connection) -> int:
+    """--retry-set-aside: give every set-aside row another chance (attempts start over)."""
+    if not exists(conn) or not _has_bookkeeping(conn):
+        return 0
+    return conn.execute(f"UPDATE {TABLE} SET set_aside = NULL, attempts = 0 WHERE set_aside IS NOT NULL").rowcount

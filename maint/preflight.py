@@ -7,7 +7,7 @@ import hashlib
 import psycopg
 
 from ponoskit import connections, schema
-from ponoskit.errors import ConfigError, PonosError
+from ponoskit.errors import ConfigError, PonosError, TransientError
 
 
 def lock_key(name: str) -> int:
@@ -33,6 +33,11 @@ def check_buckets(ctx, *buckets: str) -> None:
 
 
 def database_error(exc: psycopg.Error) -> PonosError:
-    """A PostgreSQL failure in the middle of a run: what was committed stays, the rest is left."""
-    first_line = " ".join(str(exc).split()) or type(exc).__name__
+    """A PostgreSQL failure in the middle of a run: what was committed stays, the rest is left.
+
+    A lost connection (a failover, a restart) is transient (exit 75); anything else is 1.
+    """
+    first_line = connections.redact(" ".join(str(exc).split()) or type(exc).__name__)
+    if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled):
+        return TransientError(f"database unavailable, run again to finish: {first_line}")
     return PonosError(f"database error, run again to finish: {first_line}")

@@ -1,21 +1,23 @@
 """Delete what outbox targets cover, after the commit: list, then DeleteObjects in batches.
 
-Flow of one target (a task's log key, or its artifacts prefix):
-  list the objects it covers  ->  the bucket's delete buffers (DeleteObjects, 1,000 keys)
-  -> once every listed key is confirmed gone, the outbox row goes to the ack buffer, which
-  deletes outbox rows in batches. A target that fails anywhere keeps its row for the next run.
+Each target (a task's log key, or its artifacts prefix) gets a future of its own
+(:class:`TargetWork`), settled once it is listed and every delete it caused has answered:
+
+  list the objects it covers  ->  the bucket's delete buffers (DeleteObjects, 1,000 keys, with
+  the robust splitting of ponoskit.s3.delete) -> the target's future -> done: the outbox row
+  goes to the outbox buffer, which deletes rows in batches; refused: the row counts a failed
+  attempt (set aside after a few, see maint.outbox) and stays for the next run.
 
 Listing: one LIST per target by default. When the caller says a batch is *dense* (its tasks
 are most of the tasks in their id range: the usual backlog), targets that share a key prefix
 are listed together with one ``Prefix=`` listing (see :mod:`maint.listing_plan`), and every key
 found is matched to its target by bisection over the sorted target keys. Only Prefix
-semantics are relied on, never the order of a listing, which differs between servers
-(SeaweedFS lists in directory-tree order, S3 in byte order).
+semantics are relied on, never the order of a listing, which differs between servers.
 
 Memory is bounded: at most ``max_in_flight`` targets are tracked at once (``submit`` blocks
-beyond that), the buffers' queues are bounded, listings stream one page at a time.
-If S3 fails a whole request, the purger is *broken*: queued work fails fast without calling
-S3 again (its rows stay in the outbox) and the job stops starting new batches.
+beyond that), the buffers' queues are bounded, listings stream one page at a time. If S3
+fails a whole request past the retries, the purger is *broken*: queued work fails fast
+without calling S3 again (its rows stay in the outbox) and the job stops starting batches.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ import bisect
 import itertools
 import threading
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable, Optional
 
-from ponoskit.s3.delete import MAX_KEYS_PER_REQUEST, delete_keys
+from ponoskit.s3.delete import MAX_KEYS_PER_REQUEST, ObjectDeleteError, ObjectRef, delete_objects
+from ponoskit.s3.errors import one_line
 from ponoskit.s3.listing import ObjectInfo, iter_objects
 
 from . import outbox
@@ -36,19 +39,55 @@ from .outbox import Target
 
 _instances = itertools.count(1)
 MAX_LISTED_ERRORS = 100
+_DONE, _FAILED = "done", "failed"
 
 
-class _Progress:
-    """One target being worked on: settled once listed and every delete it caused answered."""
-
-    __slots__ = ("target", "outstanding", "listed", "failed", "settled")
+class TargetWork:
+    """One target: a future settled when its listing and all its deletes have answered."""
 
     def __init__(self, target: Target):
         self.target = target
-        self.outstanding = 0
-        self.listed = False
-        self.failed = False
-        self.settled = False
+        self.future: Future = Future()
+        self.errors: list[str] = []  # per-key refusals: the target failed, S3 works
+        self.broken: Optional[BaseException] = None  # a whole request failed: S3 does not work
+        self._pending = 1  # the listing itself
+        self._lock = threading.Lock()
+
+    def expect(self, delete: Future, on_deleted) -> None:
+        with self._lock:
+            self._pending += 1
+        delete.add_done_callback(lambda done: self._answered(done, on_deleted))
+
+    def listed(self) -> None:
+        self._one_done()
+
+    def give_up(self, error: BaseException) -> None:
+        self.broken = self.broken or error
+        self._one_done()
+
+    def _answered(self, done: Future, on_deleted) -> None:
+        error = done.exception()
+        if error is None and isinstance(done.result(), ObjectDeleteError):
+            error = done.result()
+        if error is None:
+            on_deleted()
+        elif isinstance(error, ObjectDeleteError):
+            with self._lock:
+                self.errors.append(str(error))
+        else:
+            self.broken = self.broken or error
+        self._one_done()
+
+    def _one_done(self) -> None:
+        with self._lock:
+            self._pending -= 1
+            last = self._pending == 0
+        if last:
+            self.future.set_result(self)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.broken is None
 
 
 class Purger:
@@ -56,6 +95,7 @@ class Purger:
                  max_in_flight: int = 4000, group_size: int = 1000):
         self.ctx = ctx
         self.client = ctx.s3  # built here, in the caller's thread, before workers share it
+        self.retrier = ctx.retrier
         self.report = ctx.report
         self.count_only = count_only
         self.group_size = group_size
@@ -71,8 +111,8 @@ class Purger:
         self._delete_buffers: dict[tuple[str, int], object] = {}
         self._errors_listed = 0
         if not count_only:
-            self._ack_conn = ctx.connect()  # the ack buffer's own thread, its own connection
-            self._ack = self._buffer("outbox-ack", self._flush_acks)
+            self._outbox_conn = ctx.connect()  # the outbox buffer's own thread, its own connection
+            self._outbox = self._buffer("outbox", self._flush_outbox)
 
     # --- intake ---------------------------------------------------------------------
     def submit(self, targets: Iterable[Target], *, dense: bool = False) -> None:
@@ -86,68 +126,58 @@ class Purger:
                 self._submit_group(bucket_targets[start:start + self.group_size], dense)
 
     def _submit_group(self, group: list[Target], dense: bool) -> None:
-        disjoint: list[_Progress] = []
+        disjoint: list[TargetWork] = []
         for target in group:
             self._slots.acquire()
             with self._lock:
                 self._in_flight += 1
-            progress = _Progress(target)
+            work = TargetWork(target)
+            work.future.add_done_callback(lambda done: self._settle(done.result()))
             # Matching by bisection needs disjoint targets; a duplicate or nested one goes alone.
             if disjoint and (disjoint[-1].target.key == target.key or disjoint[-1].target.covers(target.key)):
-                self._pool.submit(self._guarded, progress.target.key, [progress])
+                self._pool.submit(self._list, target.key, [work])
             else:
-                disjoint.append(progress)
-        by_key = {p.target.key: p for p in disjoint}
-        for prefix, keys in plan_listings([p.target.key for p in disjoint], dense=dense):
-            self._pool.submit(self._guarded, prefix, [by_key[k] for k in keys])
+                disjoint.append(work)
+        by_key = {w.target.key: w for w in disjoint}
+        for prefix, keys in plan_listings([w.target.key for w in disjoint], dense=dense):
+            self._pool.submit(self._list, prefix, [by_key[k] for k in keys])
 
     # --- listing (pool threads) -----------------------------------------------------
-    def _guarded(self, prefix: str, progresses: list[_Progress]) -> None:
-        try:
-            self._list(prefix, progresses)
-        except BaseException as exc:  # noqa: BLE001 - a target must always settle
-            self._give_up([p for p in progresses if not p.listed], exc)
-
-    def _list(self, prefix: str, progresses: list[_Progress]) -> None:
+    def _list(self, prefix: str, works: list[TargetWork]) -> None:
         """List ``prefix`` whole; each key goes to the target covering it, if any."""
         if self.broken is not None:
-            return self._give_up(progresses, self.broken)
-        self.report.count("s3_listings")
-        bucket = progresses[0].target.bucket
-        target_keys = [p.target.key for p in progresses]
-        for obj in iter_objects(self.client, bucket, prefix=prefix):
-            # The covering target, if any, is the greatest target key <= obj.key (targets are
-            # disjoint: a target between it and obj.key would be nested in it).
-            index = bisect.bisect_right(target_keys, obj.key) - 1
-            if index >= 0 and progresses[index].target.covers(obj.key):
-                self._found(progresses[index], obj)
-        for progress in progresses:
-            self._listed(progress)
-
-    def _found(self, progress: _Progress, obj: ObjectInfo) -> None:
-        if self.count_only:
-            self.report.count("s3_objects")
-            self.report.count("s3_bytes", obj.size)
+            for work in works:
+                work.give_up(self.broken)
             return
-        with self._lock:
-            progress.outstanding += 1
+        listed = 0
+        try:
+            self.report.count("s3_listings")
+            bucket = works[0].target.bucket
+            target_keys = [w.target.key for w in works]
+            for obj in iter_objects(self.client, bucket, prefix=prefix, retrier=self.retrier):
+                # The covering target, if any, is the greatest target key <= obj.key (targets
+                # are disjoint: a target between it and obj.key would be nested in it).
+                index = bisect.bisect_right(target_keys, obj.key) - 1
+                if index >= 0 and works[index].target.covers(obj.key):
+                    self._found(works[index], obj)
+            for listed, work in enumerate(works, 1):
+                work.listed()
+        except BaseException as exc:  # noqa: BLE001 - a target must always settle
+            self._break(exc, f"listing {prefix!r}")
+            for work in works[listed:]:
+                work.give_up(exc)
+
+    def _found(self, work: TargetWork, obj: ObjectInfo) -> None:
+        if self.count_only:
+            self._count_deleted(obj)
+            return
         shard = hash(obj.key) % self._shards
-        self._delete_buffer(progress.target.bucket, shard).fire_forget((progress, obj))
+        delete = self._delete_buffer(work.target.bucket, shard).submit(ObjectRef(obj.key))
+        work.expect(delete, lambda: self._count_deleted(obj))
 
-    def _listed(self, progress: _Progress) -> None:
-        with self._lock:
-            progress.listed = True
-        self._settle(progress)
-
-    def _give_up(self, progresses: list[_Progress], exc: BaseException) -> None:
-        if self.broken is None:
-            self.broken = exc
-            self._note_error(f"S3 failed, stopping S3 work: {_one_line(exc)}")
-        for progress in progresses:
-            with self._lock:
-                progress.failed = True
-                progress.listed = True
-            self._settle(progress)
+    def _count_deleted(self, obj: ObjectInfo) -> None:
+        self.report.count("s3_objects")
+        self.report.count("s3_bytes", obj.size)
 
     # --- deleting (buffer threads) --------------------------------------------------
     def _delete_buffer(self, bucket: str, shard: int):
@@ -158,64 +188,50 @@ class Purger:
                     # One batch queued behind the one in flight: enough to keep S3 busy, and
                     # what bounds memory (listings block once their shard's queue is full).
                     self._delete_buffers[key] = self._buffer(
-                        f"delete:{bucket}:{shard}", lambda items: self._flush_deletes(bucket, items),
+                        f"delete:{bucket}:{shard}", lambda refs: self._flush_deletes(bucket, refs),
                         max_size=MAX_KEYS_PER_REQUEST, max_pending=2 * MAX_KEYS_PER_REQUEST)
         return self._delete_buffers[key]
 
-    def _flush_deletes(self, bucket: str, items: list[tuple[_Progress, ObjectInfo]]) -> None:
-        unique = list(dict.fromkeys(obj.key for _, obj in items))
+    def _flush_deletes(self, bucket: str, refs: list[ObjectRef]) -> list:
         if self.broken is not None:
-            outcome = {key: self.broken for key in unique}
-        else:
-            try:
-                outcome = dict(zip(unique, delete_keys(self.client, bucket, unique)))
-            except Exception as exc:  # noqa: BLE001 - the whole request failed after retries
-                if self.broken is None:
-                    self.broken = exc
-                    self._note_error(f"S3 DeleteObjects failed on bucket {bucket!r}, stopping S3 work: "
-                                     f"{_one_line(exc)}")
-                outcome = {key: exc for key in unique}
-        counted: set[str] = set()
-        for progress, obj in items:
-            error = outcome[obj.key]
-            if error is None:
-                if obj.key not in counted:
-                    counted.add(obj.key)
-                    self.report.count("s3_objects")
-                    self.report.count("s3_bytes", obj.size)
-            elif error is not self.broken:
+            return [self.broken] * len(refs)  # fail fast: S3 is not answering
+        unique = list(dict.fromkeys(refs))
+        try:
+            outcome = dict(zip(unique, delete_objects(self.client, bucket, unique, retrier=self.retrier)))
+        except Exception as exc:  # noqa: BLE001 - the whole request failed past the retries
+            self._break(exc, f"DeleteObjects on bucket {bucket!r}")
+            return [exc] * len(refs)
+        for error in outcome.values():
+            if error is not None:
                 self.report.count("s3_keys_failed")
                 self._note_error(f"could not delete {error}")
-            with self._lock:
-                progress.failed = progress.failed or error is not None
-                progress.outstanding -= 1
-            self._settle(progress)
-        # Each result was settled on its target above: nothing is left for close() to raise.
-        return None
+        return [outcome[ref] for ref in refs]
 
-    def _flush_acks(self, ids: list[int]) -> None:
+    def _flush_outbox(self, items: list[tuple]) -> None:
+        done = [row_id for verdict, row_id, _ in items if verdict == _DONE]
+        failed = {row_id: error for verdict, row_id, error in items if verdict == _FAILED}
         try:
-            removed = outbox.remove(self._ack_conn, ids)
-            self.report.count("outbox_rows_removed", removed)
+            if done:
+                self.report.count("outbox_rows_removed", outbox.remove(self._outbox_conn, done))
+            if failed:
+                self.report.count("outbox_rows_set_aside", outbox.note_failures(self._outbox_conn, failed))
         except Exception as exc:  # noqa: BLE001 - the rows stay; the next run re-checks them
-            self.report.count("outbox_rows_not_removed", len(ids))
-            self._note_error(f"could not remove {len(ids)} outbox rows (the next run re-checks them): "
-                             f"{_one_line(exc)}")
+            self.report.count("outbox_rows_not_removed", len(done))
+            self._note_error(f"could not update {len(items)} outbox rows (the next run re-checks them): "
+                             f"{one_line(exc)}")
         return None
 
     # --- settling -------------------------------------------------------------------
-    def _settle(self, progress: _Progress) -> None:
-        with self._lock:
-            if progress.settled or not progress.listed or progress.outstanding:
-                return
-            progress.settled = True
-        target = progress.target
-        if progress.failed:
-            self.report.count("outbox_targets_failed")
-        else:
+    def _settle(self, work: TargetWork) -> None:
+        target = work.target
+        if work.ok:
             self.report.count("targets_done")
             if not self.count_only and target.id is not None:
-                self._ack.fire_forget(target.id)
+                self._outbox.fire_forget((_DONE, target.id, None))
+        else:
+            self.report.count("outbox_targets_failed")
+            if work.errors and not self.count_only and target.id is not None:
+                self._outbox.fire_forget((_FAILED, target.id, "; ".join(work.errors[:3])))
         self._slots.release()
         with self._lock:
             self._in_flight -= 1
@@ -235,17 +251,26 @@ class Purger:
                 self._idle.wait(timeout=1.0)
 
     def close(self) -> None:
-        """Wait, then flush the acks and release threads and the ack connection."""
+        """Wait, then flush the outbox updates and release threads and the connection."""
         try:
             self.wait()
             self._pool.shutdown(wait=True)
             for buffer in self._buffers:
                 buffer.close()
         finally:
-            if not self.count_only and not self._ack_conn.closed:
-                self._ack_conn.close()
+            if not self.count_only and not self._outbox_conn.closed:
+                self._outbox_conn.close()
 
     # --- helpers --------------------------------------------------------------------
+    def _break(self, exc: BaseException, what: str) -> None:
+        with self._lock:
+            first = self.broken is None
+            if first:
+                self.broken = exc
+        if first:
+            self.retrier.stopping.set()
+            self._note_error(f"S3 failed ({what}), stopping S3 work: {one_line(exc)}")
+
     def _buffer(self, name: str, flush, **options):
         buffer = self.ctx.buffer(f"cleanup-{self._serial}-{name}", flush, interval=0.1, **options)
         self._buffers.append(buffer)
@@ -258,8 +283,3 @@ class Purger:
         if listed:
             self.report.error(message)
             self.ctx.log.error(message)
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-

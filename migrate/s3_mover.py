@@ -1,135 +1,174 @@
-"""Moving one object inside a bucket: check the destination, copy server-side, delete the source.
+"""Moving one object inside a bucket: copy it whole, never over another, then delete exactly it.
 
-Many objects move at once: each move is a coroutine on a private event loop thread, at most
-``workers`` of them copying at a time. Small objects go through obstore's async client (one
-CopyObject each, without a thread per request); objects above the multipart threshold, and keys
-obstore cannot address, go through boto3 in a bounded thread pool. Sources are deleted through
-the context's delete buffer (DeleteObjects, 1,000 keys a request) once their copy succeeded.
+One bounded executor (``workers`` threads, as s3transfer does) runs every move; each returns a
+future. A move, in order:
+
+1. Inspect the source when needed (HEAD): archived (GLACIER, DEEP_ARCHIVE not restored) is
+   reported as ``archived``; SSE-C cannot be copied without its key; a KMS key, a storage
+   class, tags and headers are kept; on a versioned bucket the version is pinned.
+2. Copy without overwriting: ``If-None-Match: *`` where the server honours it (probed, see
+   :mod:`ponoskit.s3.capabilities`); elsewhere the destination is checked first when it may
+   exist (its task had new keys at the scan, or was still running when the run began).
+3. A destination in the way is settled by content (:mod:`ponoskit.s3.content`): the same
+   bytes finish a half-done move (``already_moved``); other bytes, or bytes nobody can
+   compare, are a conflict: both kept, reported.
+4. Delete the source through the context's delete buffer (DeleteObjects, 1,000 keys): by
+   version on a versioned bucket, and only if its ETag is unchanged where the server honours
+   that, so a source rewritten since its copy is kept (a conflict), never lost.
+
+Small objects go through obstore when the probe showed it copies keys exactly (its sync calls
+release the GIL and cost a fifth of boto3's CPU); the rest through boto3, above the multipart
+threshold in parallel parts. Every request goes through the run's retry loop and limiter:
+throttling slows every worker down and is never a per-key failure. What stops the run (S3
+failing past the retry deadline, a long run of identical permission refusals) is raised from
+the move's future.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
-import obstore
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from ponoskit.s3 import copy
-from ponoskit.s3.delete import delete_buffer
+from ponoskit.s3 import content
+from ponoskit.s3.capabilities import BucketCapabilities
+from ponoskit.s3.copy import (ARCHIVE_CLASSES, DEFAULT_MULTIPART_THRESHOLD, OBSTORE_MAX_SIZE, SourceFacts,
+                              copy_object, head_facts, multipart_copy, normalize_etag, obstore_can_copy, obstore_copy)
+from ponoskit.s3.delete import ObjectDeleteError, ObjectRef, delete_buffer
+from ponoskit.s3.errors import Kind, S3PermissionError, kind_of, one_line
 from ponoskit.s3.listing import ObjectInfo
 
+INSPECT_AUTO, INSPECT_ALWAYS = "auto", "always"
 
-class Outcome(enum.Enum):
+
+class MoveOutcome(enum.Enum):
     MOVED = "moved"
-    ALREADY_MOVED = "already_moved"      # a half-done move: the copy was there, the source is now gone
-    CONFLICT = "conflicts"               # another object holds the new key: both kept
+    HALF_DONE_COMPLETED = "already_moved"  # its copy was already there (a killed run's): source now deleted
+    CONFLICT = "conflicts"                 # another object holds the new key, or the source changed: both kept
     FAILED = "failed"
-    WOULD_MOVE = "would_move"            # --dry-run
-    WOULD_COMPLETE = "would_complete"    # --dry-run, half-done move
+    ARCHIVED = "archived"                  # not copyable until restored
+    SOURCE_GONE = "source_gone"            # deleted since the listing (by its task's cleanup, another run)
+    WOULD_MOVE = "would_move"              # --dry-run
+    WOULD_COMPLETE = "would_complete"      # --dry-run, half-done move
 
     @property
     def is_problem(self) -> bool:
-        return self in (Outcome.CONFLICT, Outcome.FAILED)
+        return self in (MoveOutcome.CONFLICT, MoveOutcome.FAILED, MoveOutcome.ARCHIVED)
 
 
 @dataclass(frozen=True)
 class MoveResult:
-    outcome: Outcome
+    outcome: MoveOutcome
     key: str
     new_key: str
     detail: Optional[str] = None
 
 
-def _is_multipart_etag(etag: str) -> bool:
-    return "-" in etag.strip('"')
+@dataclass(frozen=True)
+class MoverOptions:
+    workers: int = 64
+    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
+    part_size: int = 256 * 1024 ** 2
+    read_limit: int = content.DEFAULT_READ_LIMIT
+    inspect: str = INSPECT_AUTO
+    dry_run: bool = False
 
 
-def same_content(source: ObjectInfo, destination: dict) -> bool:
-    """Whether the object at the new key is a copy of the source.
+@dataclass(frozen=True)
+class _Delete:
+    """A copy is in place: what to delete, and what the move is once the delete is confirmed."""
+    ref: ObjectRef
+    outcome: MoveOutcome
+    new_key: str
 
-    Single-part ETags are MD5s of the content and compare exactly. A multipart ETag (a copy
-    made in parts, or a source uploaded in parts) is not a content hash: sizes decide then.
-    """
-    if destination["ContentLength"] != source.size:
-        return False
-    etag = destination.get("ETag", "")
-    return etag == source.etag or _is_multipart_etag(etag) or _is_multipart_etag(source.etag)
+
+PERMISSIONS = {"CopyObject": "s3:GetObject on the source and s3:PutObject",
+               "DeleteObject": "s3:DeleteObject (s3:DeleteObjectVersion on a versioned bucket)",
+               "HeadObject": "s3:GetObject (s3:GetObjectVersion on a versioned bucket)",
+               "GetObjectTagging": "s3:GetObjectTagging"}
+
+
+class PermissionStreak:
+    """Stop after ``limit`` identical refusals in a row instead of collecting millions of them."""
+
+    def __init__(self, limit: int = 100):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._last: Optional[tuple[str, str]] = None
+        self._count = 0
+
+    def success(self) -> None:
+        with self._lock:
+            self._count, self._last = 0, None
+
+    def refused(self, operation: str, code: str) -> None:
+        with self._lock:
+            same = self._last == (operation, code)
+            self._count = self._count + 1 if same else 1
+            self._last = (operation, code)
+            count = self._count
+        if count >= self.limit:
+            raise S3PermissionError(
+                f"{count} {operation} requests in a row were refused ({code}): the job needs "
+                f"{PERMISSIONS.get(operation, operation)}; stopped early, nothing more was attempted")
 
 
 class ObjectMover:
-    def __init__(self, context, bucket: str, *, workers: int, multipart_threshold: int,
-                 part_size: int, dry_run: bool):
+    def __init__(self, context, bucket: str, capabilities: BucketCapabilities, options: MoverOptions):
         self.bucket = bucket
         self.client = context.s3
-        self.store = context.object_store(bucket, concurrency=workers)
-        self.deletes = None if dry_run else delete_buffer(context, bucket)
-        self.multipart_threshold = multipart_threshold
-        self.part_size = part_size
-        self.dry_run = dry_run
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"s3-{bucket}")
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"mover-{bucket}", daemon=True)
-        self._thread.start()
-        # Bound to the mover's loop on first use (Python 3.10+), where every move awaits it.
-        self._limit = asyncio.Semaphore(workers)
+        self.retrier = context.retrier
+        self.options = options
+        self.caps = capabilities
+        self.guarded = capabilities.conditional_copy
+        # obstore only where it gives the same guarantees as boto3 here.
+        self.store = (context.object_store(bucket, concurrency=options.workers,
+                                           conditional=capabilities.obstore_conditional_copy)
+                      if capabilities.obstore_exact and capabilities.obstore_conditional_copy == self.guarded
+                      else None)
+        self.inspect_all = options.inspect == INSPECT_ALWAYS or capabilities.sse_may_vary
+        self.deletes = None if options.dry_run else delete_buffer(
+            context, bucket, conditional=capabilities.conditional_delete)
+        self.permissions = PermissionStreak()
+        self.fatal: Optional[BaseException] = None  # what stops the run, once something did
+        self._pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix=f"move-{bucket}")
 
+    # --- the public side -----------------------------------------------------------
     def submit(self, source: ObjectInfo, new_key: str, *, check_destination: bool) -> "Future[MoveResult]":
-        """Start moving ``source`` to ``new_key``; ``check_destination`` when it may exist already."""
-        return asyncio.run_coroutine_threadsafe(self._move(source, new_key, check_destination), self._loop)
+        """Start moving ``source`` to ``new_key``; ``check_destination`` when the new key may exist
+        already and the server does not refuse overwrites by itself."""
+        if self.fatal is not None:
+            raise self.fatal  # the run is stopping: submit nothing more
+        result: Future = Future()
 
-    async def _move(self, source: ObjectInfo, new_key: str, check_destination: bool) -> MoveResult:
-        try:
-            async with self._limit:
-                outcome = Outcome.WOULD_MOVE if self.dry_run else Outcome.MOVED
-                if check_destination:
-                    existing = await self._in_pool(self._head, new_key)
-                    if existing is not None:
-                        if not same_content(source, existing):
-                            return MoveResult(Outcome.CONFLICT, source.key, new_key,
-                                              f"{new_key!r} exists with other content "
-                                              f"({existing['ContentLength']} bytes, ETag {existing.get('ETag')})")
-                        outcome = Outcome.WOULD_COMPLETE if self.dry_run else Outcome.ALREADY_MOVED
-                if self.dry_run:
-                    return MoveResult(outcome, source.key, new_key)
-                if outcome is Outcome.MOVED:
-                    await self._copy(source, new_key)
-        except Exception as exc:  # noqa: BLE001 - every failure is reported per key
-            return MoveResult(Outcome.FAILED, source.key, new_key, f"copy: {exc}")
-        try:
-            await asyncio.wrap_future(self.deletes.submit(source.key))
-        except Exception as exc:  # noqa: BLE001
-            return MoveResult(Outcome.FAILED, source.key, new_key, f"copied, but the source was not deleted: {exc}")
-        return MoveResult(outcome, source.key, new_key)
+        def work() -> None:
+            if self.fatal is not None:
+                result.set_exception(self.fatal)  # queued before the run began to stop: fail fast
+                return
+            try:
+                step = self._copy_step(source, new_key, check_destination)
+            except BaseException as exc:  # noqa: BLE001 - the run stops on it (see the module)
+                self._stop(exc, result)
+                return
+            if isinstance(step, MoveResult):
+                result.set_result(step)
+                return
+            self.deletes.submit(step.ref).add_done_callback(lambda done: self._after_delete(step, source, done, result))
 
-    async def _copy(self, source: ObjectInfo, new_key: str) -> None:
-        if source.size > self.multipart_threshold:
-            await self._in_pool(copy.multipart_copy, self.client, self.bucket, source.key, new_key,
-                                source.size, self.part_size)
-        elif copy.obstore_can_copy(source.key) and copy.obstore_can_copy(new_key):
-            await obstore.copy_async(self.store, source.key, new_key)
-        else:
-            await self._in_pool(copy.copy_object, self.client, self.bucket, source.key, new_key)
+        self._pool.submit(work)
+        return result
 
-    def _head(self, key: str) -> Optional[dict]:
-        try:
-            return self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
-                return None
-            raise
-
-    async def _in_pool(self, fn, *args):
-        return await self._loop.run_in_executor(self._pool, fn, *args)
+    def _stop(self, exc: BaseException, result: Future) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+            self.retrier.stopping.set()
+        result.set_exception(exc)
 
     def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
         self._pool.shutdown(wait=True)
 
     def __enter__(self) -> "ObjectMover":
@@ -138,3 +177,164 @@ class ObjectMover:
     def __exit__(self, *exc) -> bool:
         self.close()
         return False
+
+    # --- one move, in a worker thread ----------------------------------------------
+    def _copy_step(self, source: ObjectInfo, new_key: str, check_destination: bool) -> Union[MoveResult, _Delete]:
+        try:
+            return self._try_move(source, new_key, check_destination)
+        except Exception as exc:  # noqa: BLE001 - sorted here; what stops the run is re-raised
+            return self._failed(exc, source, new_key)
+
+    def _try_move(self, source: ObjectInfo, new_key: str, check_destination: bool) -> Union[MoveResult, _Delete]:
+        facts = None
+        if self._needs_inspection(source):
+            facts = self._head(source.key)
+            if facts is None:
+                return MoveResult(MoveOutcome.SOURCE_GONE, source.key, new_key, "deleted since the listing")
+            refusal = self._not_copyable(facts, source, new_key)
+            if refusal:
+                return refusal
+        if self.options.dry_run:
+            return self._plan(source, new_key, facts, check_destination)
+        large = (facts.size if facts else source.size) > self.options.multipart_threshold
+        for _ in range(3):
+            existing = None
+            if not self.guarded and (check_destination or large):
+                existing = self._head(new_key)
+            if existing is None:
+                try:
+                    version = self._copy(source, new_key, facts)
+                    self.permissions.success()
+                    return _Delete(self._source_ref(source, facts, version), MoveOutcome.MOVED, new_key)
+                except Exception as exc:  # noqa: BLE001
+                    if kind_of(exc) is not Kind.PRECONDITION:  # If-None-Match lost: something is there
+                        raise
+            settled = self._settle_existing(source, new_key, facts, existing)
+            if settled is not None:
+                return settled
+        return MoveResult(MoveOutcome.CONFLICT, source.key, new_key,
+                          f"{new_key!r} kept appearing and disappearing while moving: both kept")
+
+    def _failed(self, exc: BaseException, source: ObjectInfo, new_key: str) -> MoveResult:
+        kind = kind_of(exc)
+        if isinstance(exc, S3PermissionError) or kind in (Kind.THROTTLED, Kind.TRANSIENT) \
+                or getattr(exc, "exit_code", None) == 75:
+            raise exc
+        if kind is Kind.ARCHIVED:
+            return MoveResult(MoveOutcome.ARCHIVED, source.key, new_key,
+                              f"archived ({one_line(exc)}): restore it, then run again")
+        if kind is Kind.NOT_FOUND:
+            return MoveResult(MoveOutcome.SOURCE_GONE, source.key, new_key, "deleted since the listing")
+        if kind is Kind.PERMISSION:
+            self.permissions.refused(getattr(exc, "operation_name", "") or "CopyObject", _code(exc))
+        return MoveResult(MoveOutcome.FAILED, source.key, new_key, f"copy: {one_line(exc)}")
+
+    def _needs_inspection(self, source: ObjectInfo) -> bool:
+        return (self.inspect_all or self.caps.versioned or source.storage_class in ARCHIVE_CLASSES
+                or source.storage_class == "INTELLIGENT_TIERING" or source.size > self.options.multipart_threshold)
+
+    def _not_copyable(self, facts: SourceFacts, source: ObjectInfo, new_key: str) -> Optional[MoveResult]:
+        if facts.archived:
+            return MoveResult(MoveOutcome.ARCHIVED, source.key, new_key,
+                              f"archived ({facts.storage_class}{', ' + facts.archive_status if facts.archive_status else ''}"
+                              "): restore it, then run again")
+        if facts.sse_customer:
+            return MoveResult(MoveOutcome.FAILED, source.key, new_key,
+                              "encrypted with a customer key (SSE-C): cannot be copied without that key")
+        return None
+
+    def _copy(self, source: ObjectInfo, new_key: str, facts: Optional[SourceFacts]) -> Optional[str]:
+        size = facts.size if facts else source.size
+        version = facts.version_id if facts else None
+        if size > self.options.multipart_threshold:
+            return multipart_copy(self.client, self.bucket, source.key, new_key, facts, part_size=self.options.part_size,
+                                  conditional=self.guarded, retrier=self.retrier)
+        plain = source.storage_class == "STANDARD" and (facts is None or not facts.encryption())
+        if (self.store is not None and plain and size <= OBSTORE_MAX_SIZE and obstore_can_copy(source.key)
+                and obstore_can_copy(new_key)):
+            obstore_copy(self.store, source.key, new_key, conditional=self.guarded, retrier=self.retrier)
+            return version  # obstore cannot pin a version: a rewrite since the HEAD is kept (see delete)
+        return copy_object(self.client, self.bucket, source.key, new_key, version_id=version,
+                           storage_class=source.storage_class, facts=facts, conditional=self.guarded,
+                           retrier=self.retrier)
+
+    def _settle_existing(self, source: ObjectInfo, new_key: str, facts: Optional[SourceFacts],
+                         existing: Optional[SourceFacts]) -> Union[MoveResult, _Delete, None]:
+        """Something is at the new key: finish a half-done move, or report a conflict; None when
+        the new key is empty again (someone else's write went away): the caller copies again."""
+        existing = existing or self._head(new_key)
+        if existing is None:
+            return None
+        facts = facts or self._head(source.key)
+        if facts is None:
+            return MoveResult(MoveOutcome.SOURCE_GONE, source.key, new_key, "deleted since the listing")
+        verdict = content.compare(
+            facts, existing, read_limit=self.options.read_limit,
+            read_both=lambda: content.read_equal(self.client, self.bucket, source.key, new_key,
+                                                 first_version=facts.version_id, retrier=self.retrier))
+        if verdict.same:
+            outcome = MoveOutcome.WOULD_COMPLETE if self.options.dry_run else MoveOutcome.HALF_DONE_COMPLETED
+            if self.options.dry_run:
+                return MoveResult(outcome, source.key, new_key, verdict.how)
+            return _Delete(self._source_ref(source, facts, facts.version_id), outcome, new_key)
+        reason = (f"{new_key!r} exists with other content ({verdict.how})" if verdict.same is False
+                  else f"{new_key!r} exists and {verdict.how}")
+        return MoveResult(MoveOutcome.CONFLICT, source.key, new_key, reason)
+
+    def _plan(self, source: ObjectInfo, new_key: str, facts: Optional[SourceFacts],
+              check_destination: bool) -> MoveResult:
+        """--dry-run: what the move would be, from HEADs only where the new key may exist."""
+        if check_destination:
+            settled = self._settle_existing(source, new_key, facts, self._head(new_key))
+            if isinstance(settled, MoveResult):
+                return settled
+        return MoveResult(MoveOutcome.WOULD_MOVE, source.key, new_key)
+
+    def _head(self, key: str) -> Optional[SourceFacts]:
+        try:
+            return head_facts(self.client, self.bucket, key, retrier=self.retrier)
+        except ClientError as exc:
+            if kind_of(exc) is Kind.NOT_FOUND:
+                return None
+            raise
+
+    def _source_ref(self, source: ObjectInfo, facts: Optional[SourceFacts], version: Optional[str]) -> ObjectRef:
+        # A version is the exact object copied; without one, the ETag guards against a rewrite
+        # (where the server honours it). Both at once would test the ETag of the current object.
+        version = version if self.caps.versioned else None
+        etag = None if version else (facts.etag if facts else normalize_etag(source.etag))
+        return ObjectRef(source.key, version_id=version, etag=etag)
+
+    # --- after the delete, in the delete buffer's thread -----------------------------
+    def _after_delete(self, step: _Delete, source: ObjectInfo, done: Future, result: Future) -> None:
+        try:
+            error = done.exception()
+            if error is None:
+                answer = done.result()
+                if not isinstance(answer, ObjectDeleteError):
+                    result.set_result(MoveResult(step.outcome, source.key, step.new_key))
+                    return
+                error = answer
+            if isinstance(error, ObjectDeleteError):
+                result.set_result(self._delete_refused(step, source, error))
+            else:
+                self._stop(error, result)  # the whole request kept failing: the run stops
+        except BaseException as exc:  # noqa: BLE001 - the permission streak stops the run
+            self._stop(exc, result)
+
+    def _delete_refused(self, step: _Delete, source: ObjectInfo, error: ObjectDeleteError) -> MoveResult:
+        if error.kind is Kind.PRECONDITION:
+            return MoveResult(MoveOutcome.CONFLICT, source.key, step.new_key,
+                              "the source changed after it was copied: both kept")
+        if error.kind is Kind.PERMISSION:
+            self.permissions.refused("DeleteObject", error.code)
+        return MoveResult(MoveOutcome.FAILED, source.key, step.new_key,
+                          f"copied, but the source was not deleted: {error}")
+
+
+def _code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return exc.response.get("Error", {}).get("Code", "") or "403"
+    if isinstance(exc, BotoCoreError):
+        return type(exc).__name__
+    return type(exc).__name__

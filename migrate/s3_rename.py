@@ -1,44 +1,50 @@
 """The S3 key rename: every legacy artifact and log moves to its new key.
 
 Runbook, per bucket (the artifacts bucket, then the logs bucket; once when they are one):
-  1. Preflight, before any change: buckets reachable, database reachable and holding
-     ``ponos_task`` (unless --no-db), checkpoint readable and of this run.
-  2. Scan destinations: note, in a fixed-size filter, every task that already has objects at
-     new keys, so a move checks its destination only when one may exist.
+  1. Preflight, before any change: the database holds ``ponos_task`` (unless --no-db); each
+     bucket answers and its server is probed on canaries (conditional copies and deletes,
+     obstore's key handling, versioning, default encryption; see ponoskit.s3.capabilities);
+     the checkpoint is readable, well-formed and of this run (job, buckets, shard, endpoint,
+     database).
+  2. Scan destinations, only where the server does not refuse overwrites (and for a dry run):
+     a full listing notes, in a fixed-size filter, every task that has objects at new keys.
   3. Move: stream the listing of this shard's key range from the checkpoint on, page by page;
-     ask the database which UUIDs are task ids; classify each key (ponoskit.keys); move each
-     legacy key (copy, then batched delete); keep the rest and count it.
-  4. Checkpoint: a key is passed once every key before it is done; that low-water mark is
-     saved atomically about once a second, so a killed run resumes from it. Past a conflict or
-     failure the mark stops, so a re-run looks at those keys again.
+     ask the database which UUIDs are task ids, and which tasks still run; classify each key
+     (ponoskit.keys); move each legacy key (migrate.s3_mover); keep and count the rest.
+  4. Checkpoint: the low-water mark (migrate.low_water) is saved about once a second; past a
+     conflict or failure it stays, so a re-run looks at those keys again. A finished pass
+     leaves nothing to skip: the next run starts a new pass.
+  5. Final check (migrate.rename_check): legacy keys written behind the listing while the run
+     went on (tasks of the legacy release still running) are looked up and moved. Exit 0 means
+     this check found nothing in scope left.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Iterable, Optional
 
 from ponoskit import keys
 from ponoskit.bloom import UUIDBloomFilter
-from ponoskit.checkpoint import Checkpoint
-from ponoskit.cli import progress
-from ponoskit.connections import check_bucket
+from ponoskit.checkpoint import Checkpoint, database_identity
 from ponoskit.errors import ConfigError
-from ponoskit.s3.copy import COPY_OBJECT_LIMIT
-from ponoskit.s3.listing import ObjectInfo, iter_pages, iter_top_level
+from ponoskit.s3.copy import DEFAULT_MULTIPART_THRESHOLD
+from ponoskit.s3.listing import ObjectInfo, iter_pages
 from ponoskit.schema import table_exists
 from ponoskit.shard import Shard
-from ponoskit.tasks import known_tasks_of_keys
+from ponoskit.tasks import UNFINISHED_STATES, task_states_of_keys
 
-from .s3_mover import MoveResult, ObjectMover
+from . import rename_check
+from .low_water import LowWaterMark
+from .s3_mover import INSPECT_AUTO, MoveOutcome, MoverOptions, MoveResult, ObjectMover
 
 # Keys left alone can number millions: the report lists the first ones and counts them all.
 LISTED_KEYS_LIMIT = 1000
 # Objects in flight between the listing and their delete (bounds memory; above the
 # 1,000-key delete batch so DeleteObjects requests go out full).
 MAX_IN_FLIGHT = 4000
+PROBLEMS = ("conflicts", "failed", "undecided", "archived", "legacy_appearing")
 
 
 @dataclass
@@ -46,10 +52,13 @@ class RenameOptions:
     artifacts_bucket: Optional[str] = None
     logs_bucket: Optional[str] = None
     workers: int = 64
-    multipart_threshold: int = COPY_OBJECT_LIMIT
+    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
     part_size: int = 256 * 1024 ** 2
+    read_limit: int = 64 * 1024 ** 2
+    inspect: str = INSPECT_AUTO
     checkpoint: Optional[str] = None
     shard: Shard = field(default_factory=Shard)
+    progress: object = None  # (total, desc, unit) -> a tqdm-like bar; the CLI injects its own
 
 
 def rename(context, options: RenameOptions) -> bool:
@@ -59,119 +68,186 @@ def rename(context, options: RenameOptions) -> bool:
     report.info.update(buckets=[p.bucket for p in passes], shard=str(options.shard),
                        use_db=context.use_db, workers=options.workers,
                        multipart_threshold=options.multipart_threshold)
-    checkpoint = Checkpoint(options.checkpoint, {
-        "job": "s3-rename", "buckets": [p.bucket for p in passes], "shard": str(options.shard),
-        "use_db": context.use_db})
     with report.phase("preflight"):
-        state = preflight(context, passes, checkpoint)
+        checkpoint, state, capabilities = preflight(context, passes, options)
     saver = None
     if options.checkpoint and not context.dry_run:
         saver = context.buffer("checkpoint", lambda states: checkpoint.save(states[-1]),
                                max_size=10_000, interval=1.0)
-    for bucket_pass in passes:
-        progress_state = state.setdefault(bucket_pass.bucket, {"after": None, "complete": False})
-        if progress_state["complete"]:
-            context.log.info("s3://%s: complete according to the checkpoint, skipped", bucket_pass.bucket)
-            report.add("skipped_buckets", bucket_pass.bucket)
-            continue
-        with report.phase("scan_destinations", bucket=bucket_pass.bucket) as phase:
-            present = scan_destinations(context, bucket_pass.bucket)
-            phase["tasks_with_new_keys"] = present.added
-        with report.phase("move", bucket=bucket_pass.bucket) as phase:
-            clean = move_bucket(context, bucket_pass, options, present, progress_state,
-                                lambda: saver and saver.fire_forget(_snapshot(state)))
-            phase["clean"] = clean
-        if saver:
-            saver.fire_and_wait(_snapshot(state))
-    undone = sum(report.counts[name] for name in ("conflicts", "failed", "undecided"))
-    return undone == 0
+
+    def save() -> None:
+        if saver is not None:
+            saver.fire_forget(_snapshot(state))
+
+    start_run(context, state, passes)
+    try:
+        for bucket_pass in passes:
+            bucket_state = state[bucket_pass.bucket]
+            caps = capabilities[bucket_pass.bucket]
+            mover_options = MoverOptions(workers=options.workers, multipart_threshold=options.multipart_threshold,
+                                         part_size=options.part_size, read_limit=options.read_limit,
+                                         inspect=options.inspect, dry_run=context.dry_run)
+            with ObjectMover(context, bucket_pass.bucket, caps, mover_options) as mover:
+                present = None
+                if not caps.conditional_copy or context.dry_run:
+                    with report.phase("scan_destinations", bucket=bucket_pass.bucket) as phase:
+                        present = scan_destinations(context, bucket_pass.bucket, options.progress)
+                        phase["tasks_with_new_keys"] = present.added
+                if bucket_state["complete"]:  # moved by the run this one resumes: only the check is left
+                    context.log.info("s3://%s: moved before the interruption; checking what changed since",
+                                     bucket_pass.bucket)
+                    report.add("resumed_complete_buckets", bucket_pass.bucket)
+                else:
+                    with report.phase("move", bucket=bucket_pass.bucket) as phase:
+                        mark = LowWaterMark(bucket_state, save)
+                        phase["clean"] = move_range(context, bucket_pass, options, mover, present, mark)
+                with report.phase("final_check", bucket=bucket_pass.bucket) as phase:
+                    phase.update(rename_check.final_check(context, bucket_pass, options.shard.key_range, mover,
+                                                          present, since=bucket_state["started_at"],
+                                                          record=lambda result: record(report, result)))
+            if saver:
+                saver.fire_and_wait(_snapshot(state))
+    finally:
+        context.report.info["s3"] = context.limiter.stats()
+    return not any(report.counts[name] for name in PROBLEMS)
 
 
 def _snapshot(state: dict) -> dict:
     return {bucket: dict(values) for bucket, values in state.items()}
 
 
-def preflight(context, passes: list[keys.BucketPass], checkpoint: Checkpoint) -> dict:
+def preflight(context, passes: list[keys.BucketPass], options: RenameOptions):
     """Check everything that could make the run fail before anything changes."""
+    identity = {"job": "s3-rename", "buckets": [p.bucket for p in passes], "shard": str(options.shard),
+                "use_db": context.use_db, "endpoint": context.endpoint}
+    if context.use_db:
+        if not table_exists(context.db, "ponos_task"):
+            raise ConfigError("the database has no ponos_task table: is --dsn the Arkindex database?")
+        identity["database"] = database_identity(context.db)
+    checkpoint = Checkpoint(options.checkpoint, identity, validate=checkpoint_problem)
     state = checkpoint.load()
-    if context.use_db and not table_exists(context.db, "ponos_task"):
-        raise ConfigError("the database has no ponos_task table: is --dsn the Arkindex database?")
+    capabilities = {p.bucket: context.bucket(p.bucket, probe=True) for p in passes}
+    context.report.info["capabilities"] = {name: caps.to_dict() for name, caps in capabilities.items()}
+    for caps in capabilities.values():
+        for note in caps.notes:
+            context.log.warning("s3://%s: %s", caps.bucket, note)
+    return checkpoint, state, capabilities
+
+
+def checkpoint_problem(state: dict) -> Optional[str]:
+    """None when ``state`` is what this job saves: bucket -> {after, complete, started_at}."""
+    for bucket, values in state.items():
+        if not isinstance(values, dict):
+            return f"the entry of bucket {bucket!r} is not an object"
+        if not isinstance(values.get("after"), (str, type(None))):
+            return f"'after' of bucket {bucket!r} is not a key"
+        if not isinstance(values.get("complete", False), bool):
+            return f"'complete' of bucket {bucket!r} is not true or false"
+        started = values.get("started_at")
+        if started is not None:
+            try:
+                datetime.fromisoformat(started)
+            except (TypeError, ValueError):
+                return f"'started_at' of bucket {bucket!r} is not a time"
+    return None
+
+
+def start_run(context, state: dict, passes: list[keys.BucketPass]) -> None:
+    """Resume the run the checkpoint holds, or start a new one.
+
+    A run that finished leaves nothing to skip (legacy keys may have been written since): the
+    next one lists every key again. An interrupted run resumes each bucket where it stopped; a
+    bucket it had finished gets its final check again, over what changed since its pass began.
+    """
+    if state and all(state.get(p.bucket, {}).get("complete") for p in passes):
+        context.log.info("the last run finished; this run checks every key again")
+        state.clear()
     for bucket_pass in passes:
-        check_bucket(context.s3, bucket_pass.bucket)
-    return state
+        current = state.get(bucket_pass.bucket)
+        if current and current.get("started_at"):
+            context.log.info("s3://%s: resuming after %r (pass started %s)", bucket_pass.bucket, current.get("after"),
+                             current["started_at"])
+            context.report.info.setdefault("resumed", {})[bucket_pass.bucket] = current.get("after")
+        else:
+            state[bucket_pass.bucket] = {"after": None, "complete": False, "started_at": _now(context)}
 
 
-def scan_destinations(context, bucket: str) -> UUIDBloomFilter:
-    """Tasks that may already have objects at new keys (``<task>/`` or ``<task>.log``)."""
+def _now(context) -> str:
+    """The pass's start, on the database's clock when there is one (what tasks' times use)."""
+    if context.use_db:
+        return context.db.execute("SELECT now()").fetchone()[0].isoformat()
+    return datetime.now(timezone.utc).isoformat()
+
+
+def scan_destinations(context, bucket: str, progress=None) -> UUIDBloomFilter:
+    """Tasks that may already have objects at new keys (``<task>/...`` or ``<task>.log``).
+
+    A full listing, not a delimiter listing: some servers leave out of a delimiter listing a
+    folder whose objects all sit deeper, and a check resting on it would overwrite.
+    """
     present = UUIDBloomFilter()
-    with progress(desc=f"scan s3://{bucket}", unit="entry") as bar:
-        for entry in iter_top_level(context.s3, bucket):
-            task_id = keys.top_level_task(entry)
-            if task_id:
-                present.add(task_id)
-            bar.update()
+    bar = progress(desc=f"scan s3://{bucket}", unit="key") if progress else None
+    for page in iter_pages(context.s3, bucket, retrier=context.retrier):
+        for obj in page:
+            task_id = keys.listing_group(obj.key)
+            if keys.is_uuid(task_id):
+                present.add(task_id.lower())
+        if bar is not None:
+            bar.update(len(page))
+    if bar is not None:
+        bar.close()
     return present
 
 
-def known_tasks(context, page: Iterable[ObjectInfo]) -> Optional[set[str]]:
-    """Which UUIDs of this page are task ids (None without a database)."""
-    return known_tasks_of_keys(context.db, (obj.key for obj in page)) if context.use_db else None
+def task_states(context, page: Iterable[ObjectInfo]) -> Optional[dict[str, str]]:
+    """Task id -> state for the UUIDs of this page (None without a database)."""
+    return task_states_of_keys(context.db, (obj.key for obj in page)) if context.use_db else None
 
 
-def move_bucket(context, bucket_pass: keys.BucketPass, options: RenameOptions, present: UUIDBloomFilter,
-                progress_state: dict, save) -> bool:
-    """Stream, classify and move one bucket's shard; True when nothing was left behind."""
-    report, shard = context.report, options.shard
-    pages: deque[tuple[Optional[str], list[Future], bool]] = deque()
-    in_flight = 0
-    clean = True
+def needs_check(found: keys.Classified, states: Optional[dict], present: Optional[UUIDBloomFilter]) -> bool:
+    """Whether the new key may exist already: its task had new keys when scanned, or may be
+    writing them now (unfinished when the run began)."""
+    if present is None:
+        return False  # the server refuses overwrites by itself
+    return found.task_id in present or (states is not None and states.get(found.task_id) in UNFINISHED_STATES)
 
-    def settle(limit: int) -> None:
-        """Record finished pages in key order until at most ``limit`` objects are in flight."""
-        nonlocal in_flight, clean
-        while pages:
-            last_key, futures, decided = pages[0]
-            if in_flight > limit:
-                # A page leaves the window whole, in key order: wait for all of it at once
-                # (waiting for the first of 1,000 futures again and again cost O(n^2)).
-                wait(futures)
-            elif not all(f.done() for f in futures):
-                return
-            pages.popleft()
-            in_flight -= len(futures)
-            clean &= decided
-            for future in futures:
-                clean &= record(report, future.result())
-            # Past a conflict or failure, the mark stays so a re-run sees it again.
-            if clean and last_key is not None:
-                progress_state["after"] = last_key
-                save()
 
-    with ObjectMover(context, bucket_pass.bucket, workers=options.workers, dry_run=context.dry_run,
-                     multipart_threshold=options.multipart_threshold, part_size=options.part_size) as mover, \
-            progress(desc=f"move s3://{bucket_pass.bucket}", unit="key") as bar:
-        listing = iter_pages(context.s3, bucket_pass.bucket, start_after=progress_state["after"],
-                             start_at=shard.start, end_before=shard.end)
+def move_range(context, bucket_pass: keys.BucketPass, options: RenameOptions, mover: ObjectMover,
+               present: Optional[UUIDBloomFilter], mark: LowWaterMark) -> bool:
+    """Stream, classify and move this shard's range of one bucket; True when nothing was left."""
+    report = context.report
+    bar = options.progress(desc=f"move s3://{bucket_pass.bucket}", unit="key") if options.progress else None
+    try:
+        listing = iter_pages(context.s3, bucket_pass.bucket, start_after=mark.state["after"],
+                             key_range=options.shard.key_range, retrier=context.retrier)
         for page in listing:
-            tasks = known_tasks(context, page)
+            page = [obj for obj in page if not keys.is_canary(obj.key)]  # another shard's probe, for a moment
+            if not page:
+                continue
+            states = task_states(context, page)
             futures, decided = [], True
             for obj in page:
-                found = keys.classify(obj.key, tasks, logs=bucket_pass.logs, artifacts=bucket_pass.artifacts)
+                found = keys.classify(obj.key, states, logs=bucket_pass.logs, artifacts=bucket_pass.artifacts)
                 if found.is_legacy:
-                    futures.append(mover.submit(obj, found.new_key, check_destination=found.task_id in present))
+                    futures.append(mover.submit(obj, found.new_key,
+                                                check_destination=needs_check(found, states, present)))
                 else:
                     decided &= record_left_alone(report, found)
             report.count("scanned", len(page))
-            pages.append((resume_point(page), futures, decided))
-            in_flight += len(futures)
-            settle(MAX_IN_FLIGHT)
-            bar.update(len(page))
-            bar.set_postfix(moved=report.counts["moved"], problems=report.counts["conflicts"] + report.counts["failed"],
-                            refresh=False)
-        settle(0)
-    progress_state["complete"] = clean
-    save()
-    return clean
+            mark.add(resume_point(page), futures, decided)
+            mark.settle(MAX_IN_FLIGHT, lambda result: record(report, result))
+            if bar is not None:
+                bar.update(len(page))
+                bar.set_postfix(moved=report.counts["moved"],
+                                problems=sum(report.counts[name] for name in PROBLEMS), refresh=False)
+        return mark.finish(lambda result: record(report, result))
+    except BaseException:
+        context.retrier.stopping.set()  # the run stops: nobody waits out a retry any more
+        mark.abandon()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def resume_point(page: list[ObjectInfo]) -> Optional[str]:
@@ -192,6 +268,9 @@ def record(report, result: MoveResult) -> bool:
     if result.outcome.is_problem:
         report.add(result.outcome.value, {"key": result.key, "new_key": result.new_key, "reason": result.detail})
         return False
+    if result.outcome is MoveOutcome.SOURCE_GONE:
+        report.add(result.outcome.value, result.key, limit=LISTED_KEYS_LIMIT)
+        return True
     report.count(result.outcome.value)
     return True
 

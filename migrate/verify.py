@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Iterator, Optional
 
 from ponoskit import keys, schema
-from ponoskit.cli import progress
 from ponoskit.connections import check_bucket
 from ponoskit.errors import ConfigError
 from ponoskit.s3.listing import ObjectInfo, iter_pages
@@ -28,7 +27,7 @@ LISTED_LIMIT = 1000
 PROBLEMS = ("missing_artifacts", "size_mismatches", "legacy_left", "fold_under_way")
 
 
-def verify(context, *, artifacts_bucket: Optional[str], logs_bucket: Optional[str]) -> bool:
+def verify(context, *, artifacts_bucket: Optional[str], logs_bucket: Optional[str], progress=None) -> bool:
     """True when database and buckets agree (exit 0)."""
     passes = keys.bucket_passes(artifacts_bucket, logs_bucket)
     report = context.report
@@ -45,16 +44,22 @@ def verify(context, *, artifacts_bucket: Optional[str], logs_bucket: Optional[st
     for bucket_pass in passes:
         with report.phase("check", bucket=bucket_pass.bucket):
             check_bucket_against_rows(context, bucket_pass.bucket, artifacts=bucket_pass.artifacts,
-                                      logs=bucket_pass.logs)
+                                      logs=bucket_pass.logs, progress=progress)
     return not any(report.counts[name] for name in PROBLEMS)
 
 
-def _pages(context, bucket: str) -> Iterator[list[ObjectInfo]]:
-    with progress(desc=f"verify s3://{bucket}", unit="key") as bar:
-        for page in iter_pages(context.s3, bucket):
+def _pages(context, bucket: str, progress=None) -> Iterator[list[ObjectInfo]]:
+    bar = progress(desc=f"verify s3://{bucket}", unit="key") if progress else None
+    try:
+        for page in iter_pages(context.s3, bucket, retrier=context.retrier):
+            page = [obj for obj in page if not keys.is_canary(obj.key)]  # a running rename's probe
             context.report.count("objects", len(page))
-            bar.update(len(page))
+            if bar is not None:
+                bar.update(len(page))
             yield page
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def _expected_objects(conn, *, artifacts: bool, logs: bool) -> Iterator[tuple[str, str, Optional[int], bool]]:
@@ -118,7 +123,7 @@ class _Merge:
         self.group("\U0010ffff", {})
 
 
-def check_bucket_against_rows(context, bucket: str, *, artifacts: bool, logs: bool) -> None:
+def check_bucket_against_rows(context, bucket: str, *, artifacts: bool, logs: bool, progress=None) -> None:
     """A merge join of the bucket listing with the rows that expect objects in it."""
     # A named cursor lives in a transaction: use a connection of its own, read only.
     with context.connect(autocommit=False) as conn:
@@ -126,7 +131,7 @@ def check_bucket_against_rows(context, bucket: str, *, artifacts: bool, logs: bo
         merge = _Merge(context.report, _expected_objects(conn, artifacts=artifacts, logs=logs),
                        artifacts=artifacts, logs=logs)
         group, listed = None, {}
-        for page in _pages(context, bucket):
+        for page in _pages(context, bucket, progress):
             tasks = known_tasks_of_keys(context.db, (obj.key for obj in page))
             for obj in page:
                 key_group = keys.listing_group(obj.key)

@@ -1,8 +1,11 @@
 """What the two command groups share: options, logging, progress bars, errors to exit codes.
 
 Only this layer turns typed errors into a one-line message and an exit code:
-0 done, 1 the job ran but something is left (listed in the report), 2 bad usage or
-configuration (nothing changed), 3 another run holds the lock.
+0 done (a final check found nothing in scope left), 1 the job ran but something is left
+(listed in the report), 2 bad usage or configuration (nothing changed), 3 another run holds
+the lock, 75 a transient failure (S3 or PostgreSQL unreachable or failing after retries: run
+again later; a Kubernetes Job or a cron wrapper retries this one and fails fast on 1 and 2).
+An error nobody expected is one line too, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,19 +14,25 @@ import contextlib
 import functools
 import json
 import logging
+import os
+import re
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import click
 from tqdm import tqdm
 
 from .connections import redact
-from .errors import PonosError
+from .errors import ConfigError, PonosError, TransientError
 from .metrics import write_textfile
 from .report import Report
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
+EXIT_TEMPFAIL = TransientError.exit_code  # 75, EX_TEMPFAIL
+# The options that name files a run writes; each is checked before anything changes.
+OUTPUT_OPTIONS = {"report_path": "--report", "checkpoint": "--checkpoint"}
 
 
 class _JsonFormatter(logging.Formatter):
@@ -77,12 +86,18 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def run_job(fn: Callable[..., int]) -> Callable[..., None]:
-    """Wrap a click command body: typed errors become a one-line message and an exit code."""
+    """Wrap a click command body: typed errors become a one-line message and an exit code.
+
+    Before the body runs, every file the run will write (--report, --checkpoint,
+    --metrics-file) is checked: a missing folder or an unwritable place is exit 2 with
+    nothing changed, not a traceback after the whole job ran.
+    """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         limit_malloc_arenas()
-        Report.latest = None
+        click_context = click.get_current_context()
         try:
+            check_output_paths(click_context)
             code = fn(*args, **kwargs) or EXIT_OK
         except PonosError as err:
             click.echo(f"Error: {redact(str(err))}", err=True)
@@ -90,14 +105,59 @@ def run_job(fn: Callable[..., int]) -> Callable[..., None]:
         except KeyboardInterrupt:
             click.echo("Interrupted: run again to resume.", err=True)
             code = 130
-        _write_metrics(code)
+        except Exception as err:  # noqa: BLE001 - a bug or an error nobody typed: one line, exit 1
+            click.echo(f"Error: {type(err).__name__}: {redact(_one_line(err))}", err=True)
+            code = EXIT_INCOMPLETE
+        _write_metrics(click_context, code)
         sys.exit(code)
     return wrapper
 
 
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def check_output_paths(click_context: click.Context) -> None:
+    """Exit 2 now if a file the run must write cannot be written."""
+    named = {option: click_context.params.get(param) for param, option in OUTPUT_OPTIONS.items()}
+    named["--metrics-file"] = click_context.meta.get("ponos.metrics_file")
+    for option, value in named.items():
+        if value and value != "-":
+            problem = _unwritable(Path(value))
+            if problem:
+                raise ConfigError(f"{option} {value}: {problem}; nothing changed")
+
+
+def _unwritable(path: Path) -> Optional[str]:
+    if path.is_dir():
+        return "is a folder"
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        return f"the folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder {folder} is not writable"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "the file is not writable"
+    return None
+
+
+def job_report(job: str, **info) -> Report:
+    """The run's report, known to the command layer (which writes the metrics from it)."""
+    report = Report(job, **info)
+    remember_report(report)
+    return report
+
+
+def remember_report(report: Report) -> Report:
+    with contextlib.suppress(RuntimeError):  # outside a click command: nothing to remember
+        click.get_current_context().meta["ponos.report"] = report
+    return report
+
+
 @contextlib.contextmanager
 def writing_report(report: Report, path: Optional[str], fields: Optional[dict] = None) -> Iterator[Report]:
-    """Around a job: a typed error goes into the report, which is written whatever happens.
+    """Around a job: an error goes into the report, which is written whatever happens.
 
     ``fields`` go into the report as written at the end of the block, so the job may still
     fill them in (the cleanup's status).
@@ -107,15 +167,19 @@ def writing_report(report: Report, path: Optional[str], fields: Optional[dict] =
     except PonosError as err:
         report.error(redact(str(err)))
         raise
+    except Exception as err:
+        report.error(redact(f"{type(err).__name__}: {_one_line(err)}"))
+        raise
     finally:
         report.write(path, **(fields or {}))
 
 
-def _write_metrics(code: int) -> None:
-    path = click.get_current_context().meta.get("ponos.metrics_file")
-    if path and Report.latest is not None:
+def _write_metrics(click_context: click.Context, code: int) -> None:
+    path = click_context.meta.get("ponos.metrics_file")
+    report = click_context.meta.get("ponos.report")
+    if path and report is not None:
         try:
-            write_textfile(path, Report.latest.to_dict(), code)
+            write_textfile(path, report.to_dict(), code)
         except OSError as exc:
             click.echo(f"Warning: cannot write --metrics-file {path}: {exc}", err=True)
 
@@ -128,6 +192,9 @@ def dsn_option(f):
 
 
 def s3_options(f):
+    f = click.option("--retry-deadline", type=Duration(), default="15m", show_default=True, metavar="DURATION",
+                     help="How long S3 may keep throttling or failing before the run stops (exit 75, run again "
+                          "to resume); throttling meanwhile slows the run down.")(f)
     f = click.option("--endpoint-url", default=None, metavar="URL",
                      help="S3 endpoint (MinIO, SeaweedFS); default: the AWS configuration "
                           "(AWS_ENDPOINT_URL, profiles). Path-style addressing is used with an endpoint.")(f)
@@ -171,6 +238,35 @@ def init_logging(verbosity: int, quiet: bool, log_format: str) -> None:
     setup_logging(-1 if quiet else verbosity, log_format)
 
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|min|[smhdw]?)")
+_UNIT_SECONDS = {"": 1, "ms": 0.001, "s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(option: str, value: Optional[str]) -> Optional[float]:
+    """Seconds from ``600``, ``500ms``, ``10m`` (or ``10min``), ``1h30m``, ``7d``; every command
+    reads durations this one way. ConfigError otherwise."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    parts = _DURATION_PART.findall(text)
+    if not text or "".join(n + u for n, u in parts) != text:
+        raise ConfigError(f"{option}: {value!r} is not a duration (examples: 600, 500ms, 10m, 1h30m, 7d)")
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+class Duration(click.ParamType):
+    """A click parameter read with :func:`parse_duration`."""
+    name = "duration"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        try:
+            return parse_duration(f"--{param.name.replace('_', '-')}" if param else "duration", value)
+        except ConfigError as err:
+            self.fail(str(err).split(": ", 1)[-1], param, ctx)
+
+
 class ByteSize(click.ParamType):
     """A size such as 5GiB, 512MiB, 100MB or a plain number of bytes."""
     name = "size"
@@ -180,7 +276,7 @@ class ByteSize(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, int):
             return value
-        text = str(value).strip().lower().replace(" ", "")
+        text = str(value).strip().lower()
         number = text.rstrip("kmgtib")
         unit = text[len(number):]
         try:

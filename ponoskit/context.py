@@ -20,6 +20,10 @@ from .buffer import BatchBuffer
 from .errors import AlreadyRunning, FlushError
 from .hooks import Transaction
 from .report import Report
+from .s3 import capabilities
+from .s3.capabilities import BucketCapabilities
+from .s3.limiter import AdaptiveLimiter
+from .s3.retry import Retrier, observe_throttles
 
 
 class Context:
@@ -34,6 +38,7 @@ class Context:
         self.log = logger or logging.getLogger(f"ponos.{job}")
         self.report = report or Report(job, dry_run=dry_run)
         self._buffers: dict[str, BatchBuffer] = {}
+        self._buckets: dict[str, BucketCapabilities] = {}
         self._closed = False
 
     # --- PostgreSQL ------------------------------------------------------------------
@@ -70,11 +75,48 @@ class Context:
 
     @cached_property
     def s3(self):
-        return connections.s3_client(self.s3_settings, self.aws_session)
+        client = connections.s3_client(self.s3_settings, self.aws_session)
+        observe_throttles(client, self.limiter)
+        return client
 
-    def object_store(self, bucket: str, *, concurrency: int = 64):
-        return connections.obstore_store(self.s3_settings, self.aws_session, bucket,
-                                         concurrency=concurrency)
+    @cached_property
+    def limiter(self) -> AdaptiveLimiter:
+        """The run's S3 concurrency window, shared by every worker (see ponoskit.s3.limiter)."""
+        settings = self.s3_settings
+        return AdaptiveLimiter(settings.concurrency, max_rps=settings.max_rps)
+
+    @cached_property
+    def retrier(self) -> Retrier:
+        return Retrier(self.limiter, deadline=self.s3_settings.retry_deadline)
+
+    @property
+    def endpoint(self) -> str:
+        """The S3 endpoint as reports show it: the URL (no userinfo), or aws:<region>."""
+        return connections.describe_endpoint(self.s3)
+
+    def bucket(self, name: str, *, probe: bool = False) -> BucketCapabilities:
+        """Check a bucket once (exists, reachable, allowed) and learn what its server does.
+
+        With ``probe`` (and not in a dry run), canaries find out whether conditional copies and
+        deletes are honoured and whether obstore copies awkward keys exactly.
+        """
+        found = self._buckets.get(name)
+        if found is None:
+            found = BucketCapabilities(name, region=connections.check_bucket(self.s3, name))
+            capabilities.read_configuration(self.s3, name, found)
+            self._buckets[name] = found
+        if probe and not found.probed and not self.dry_run:
+            capabilities.probe(self.s3, name, found, retrier=self.retrier,
+                               make_store=lambda conditional: self.object_store(name, conditional=conditional))
+        return found
+
+    def object_store(self, bucket: str, *, concurrency: Optional[int] = None, conditional: bool = False,
+                     retries: int = 0):
+        known = self._buckets.get(bucket)
+        return connections.obstore_store(self.s3_settings, self.aws_session, self.s3, bucket,
+                                         concurrency=concurrency or self.s3_settings.concurrency,
+                                         region=known.region if known else None, conditional_copy=conditional,
+                                         retries=retries)
 
     # --- buffers ---------------------------------------------------------------------
     def buffer(self, name: str, flush: Callable[[list], Optional[Sequence[Any]]], **options) -> BatchBuffer:

@@ -13,8 +13,21 @@ class ConfigError(PonosError):
     exit_code = 2
 
 
-class ServiceUnreachable(ConfigError):
-    """PostgreSQL or S3 cannot be reached or refuses our credentials."""
+class AccessDenied(ConfigError):
+    """PostgreSQL or S3 refuses our credentials or our rights: configuration, fix and re-run."""
+
+
+class TransientError(PonosError):
+    """Something that may pass (a failover, S3 unreachable or failing after retries): run again later.
+
+    Exit code 75 (EX_TEMPFAIL): a Kubernetes Job or a cron wrapper retries it; 1 and 2 fail fast.
+    """
+
+    exit_code = 75
+
+
+class ServiceUnreachable(TransientError):
+    """PostgreSQL or S3 does not answer (refused, timed out, failing over)."""
 
 
 class AlreadyRunning(PonosError):

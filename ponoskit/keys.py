@@ -27,6 +27,14 @@ _LEGACY_LOG_RE = re.compile(rf"^(?P<workflow>{_UUID})/run_(?P<run>\d+)/(?P<task>
 _NEW_LOG_RE = re.compile(rf"^(?P<task>{_UUID})\.log\Z")
 
 
+# Where the jobs' canaries live for a moment (ponoskit.s3.capabilities): never data.
+CANARY_PREFIX = ".ponos-toolkit-canary/"
+
+
+def is_canary(key: str) -> bool:
+    return key.startswith(CANARY_PREFIX)
+
+
 def is_uuid(text: str) -> bool:
     return bool(_UUID_RE.match(text))
 

@@ -71,7 +71,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for_s3(endpoint_url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+def _wait_for_s3(endpoint_url: str, process: subprocess.Popen, log: Path, timeout: float,
+                 name: str = "SeaweedFS") -> None:
     import boto3
     from botocore.config import Config
 
@@ -87,7 +88,7 @@ def _wait_for_s3(endpoint_url: str, process: subprocess.Popen, log: Path, timeou
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
-            raise RuntimeError(f"SeaweedFS exited early, see {log}:\n{log.read_text()[-2000:]}")
+            raise RuntimeError(f"{name} exited early, see {log}:\n{log.read_text()[-2000:]}")
         try:
             # A bucket round trip proves the filer and a volume are both up, not just the gateway.
             client.create_bucket(Bucket=probe)
@@ -97,7 +98,7 @@ def _wait_for_s3(endpoint_url: str, process: subprocess.Popen, log: Path, timeou
             return
         except Exception:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"SeaweedFS did not come up in {timeout}s, see {log}")
+                raise RuntimeError(f"{name} did not come up in {timeout}s, see {log}")
             time.sleep(0.3)
 
 
@@ -141,6 +142,27 @@ def seaweedfs(datadir: str | os.PathLike | None = None, timeout: float = 60.0) -
         process.wait()
         if owned:
             shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def moto_server(timeout: float = 60.0) -> Iterator[LocalS3]:
+    """Run moto in server mode (AWS semantics: byte-order listings, a plain copy resets the
+    storage class, per-object SSE-KMS) on a free port until the block exits. Tests only:
+    it needs the ``moto[server]`` extra."""
+    port = _free_port()
+    log = Path(tempfile.mkstemp(prefix="ponos-moto-", suffix=".log")[1])
+    with open(log, "ab") as log_file:
+        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                   stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=_die_with_parent)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for_s3(endpoint, process, log, timeout, name="moto")
+        yield LocalS3(endpoint, LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, process)
+    finally:
+        process.kill()
+        process.wait()
+        log.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

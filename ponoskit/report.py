@@ -16,11 +16,7 @@ from typing import Any, Iterator, Optional
 
 
 class Report:
-    # The report of the command being run: the CLI layer reads it to write metrics.
-    latest: Optional["Report"] = None
-
     def __init__(self, job: str, **info: Any):
-        Report.latest = self
         self.job = job
         self.info: dict[str, Any] = dict(info)
         self.counts: Counter[str] = Counter()

@@ -199,8 +199,8 @@ def seed_s3(context, conn: psycopg.Connection, *, artifacts_bucket: str, logs_bu
     """Upload the legacy objects through the context's S3 access; returns counts per role."""
     import obstore
 
-    stores = {"artifacts": context.object_store(artifacts_bucket, concurrency=concurrency),
-              "logs": context.object_store(logs_bucket, concurrency=concurrency)}
+    stores = {"artifacts": context.object_store(artifacts_bucket, concurrency=concurrency, retries=5),
+              "logs": context.object_store(logs_bucket, concurrency=concurrency, retries=5)}
     counts = {"artifacts": 0, "logs": 0, "unrecognized": 0}
 
     def puts():

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .errors import ConfigError
+from .keyrange import KeyRange
 
 _SPACE = 16 ** 4
 
@@ -48,8 +49,12 @@ class Shard:
         """Key where the range stops (exclusive), or None to the end."""
         return None if self.index == self.count - 1 else self._bound(self.index + 1)
 
+    @property
+    def key_range(self) -> KeyRange:
+        return KeyRange(self.start, self.end)
+
     def __contains__(self, key: str) -> bool:
-        return (self.start is None or key >= self.start) and (self.end is None or key < self.end)
+        return key in self.key_range
 
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"

@@ -31,6 +31,19 @@ def known_tasks_of_keys(conn: psycopg.Connection, object_keys: Iterable[str]) ->
     return existing_task_ids(conn, (task for key in object_keys for task in keys.task_ids_in(key)))
 
 
+def task_states_of_keys(conn: psycopg.Connection, object_keys: Iterable[str]) -> dict[str, str]:
+    """Task id -> state, for the task ids among the UUIDs of ``object_keys``.
+
+    A dict answers :func:`ponoskit.keys.classify`'s "is it a task?" like a set, and says
+    whether the task is still running (it may still write new keys).
+    """
+    ids = sorted({task for key in object_keys for task in keys.task_ids_in(key)})
+    if not ids:
+        return {}
+    rows = conn.execute("SELECT id::text, state FROM ponos_task WHERE id = ANY(%s::uuid[])", (ids,))
+    return dict(rows.fetchall())
+
+
 # What deleting tasks means, in the caller's transaction: their artifact rows and parent links
 # (both directions) go; a GPU they held is released, not deleted; processes stay.
 DELETE_TASKS_SQL = {

@@ -131,7 +131,7 @@ def make_folded(make_database, context_factory, make_bucket, spec: SeedSpec) -> 
 def upload(ctx, objects: list[tuple[str, str]]) -> None:
     """Put small objects fast (obstore, async); folder markers through boto3, as obstore
     drops their trailing slash."""
-    stores = {bucket: ctx.object_store(bucket, concurrency=32) for bucket in {b for b, _ in objects}}
+    stores = {bucket: ctx.object_store(bucket, concurrency=32, retries=5) for bucket in {b for b, _ in objects}}
 
     puts = (obstore.put_async(stores[b], k, f"body of {k}".encode()) for b, k in objects if not k.endswith("/"))
     asyncio.run(run_bounded(puts, 32))

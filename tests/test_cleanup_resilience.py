@@ -127,26 +127,18 @@ def test_sigterm_stops_between_batches_then_rerun_finishes(bigger, run_cli):
     _assert_finished(bigger, state, listing, due)
 
 
-def test_s3_failing_after_commit_keeps_keys_in_outbox_then_next_run_deletes_them(folded, run_cli, monkeypatch):
+def test_s3_failing_after_commit_keeps_keys_in_outbox_then_next_run_deletes_them(folded, run_cli, fault_proxy):
     state, listing, due = folded.state(), folded.listing(), folded.due_tasks()
-    real_client = ponoskit.connections.s3_client
+    # S3 answers its preflight, then every listing and delete fails (500) past the retries.
+    fault_proxy.add("internal", operations=("ListObjectsV2", "DeleteObjects", "DeleteObject"))
+    args = folded.cli_args("--batch-size", "3", "--retry-deadline", "1s", "--s3-max-attempts", "2")
+    args[args.index("--endpoint-url") + 1] = fault_proxy.endpoint
+    code, output, report = run_cli("cleanup", *args)
 
-    def s3_down_after_preflight(*args, **kwargs):
-        client = real_client(*args, **kwargs)
-
-        def refuse(**_):  # as if every retry had failed: HeadBucket (the preflight) still works
-            raise EndpointConnectionError(endpoint_url=folded.ctx.s3_settings.endpoint_url)
-        for operation in ("ListObjectsV2", "DeleteObjects", "DeleteObject"):
-            client.meta.events.register(f"before-call.s3.{operation}", refuse)
-        return client
-
-    with monkeypatch.context() as patch:
-        patch.setattr(ponoskit.connections, "s3_client", s3_down_after_preflight)
-        code, output, report = run_cli("cleanup", *folded.cli_args("--batch-size", "3"))
-
-    assert code == 1, output
+    assert fault_proxy.fired("internal") > 0
+    assert code == 75, output  # transient: run again later
     assert report["status"] == "incomplete"
-    assert any("Could not connect to the endpoint URL" in e for e in report["errors"])
+    assert any("InternalError" in e for e in report["errors"])
     deleted = due - _remaining(folded)
     assert deleted, "at least the first batch committed"
     assert folded.state() == expected_state(state, deleted)  # DB rows gone...
@@ -173,26 +165,27 @@ def _one_error_line(output: str) -> str:
     return lines[0]
 
 
-def test_bad_input_exits_2_with_one_line_changes_nothing_and_shows_no_password(folded, run_cli, monkeypatch):
+def test_bad_input_or_unreachable_service_is_one_line_changes_nothing_and_shows_no_password(folded, run_cli,
+                                                                                           monkeypatch):
     state, listing = folded.state(), folded.listing()
     secret = "pw-s3cr3t-9f2"
     unreachable_db = f"postgresql://cleaner:{secret}@127.0.0.1:{_closed_port()}/ponos"
     monkeypatch.delenv("PONOS_ARTIFACTS_BUCKET", raising=False)
     s3_down = folded.cli_args("--s3-max-attempts", "1")
     s3_down[s3_down.index("--endpoint-url") + 1] = f"http://127.0.0.1:{_closed_port()}"
-    cases = [
-        (s3_down, "cannot reach S3"),
-        (folded.cli_args("--before", "last tuesday"), "is not an ISO 8601 timestamp"),
-        (folded.cli_args("--max-runtime", "ten minutes"), "is not a duration"),
-        (folded.cli_args("--grace", "1 week"), "is not a duration"),
-        (folded.cli_args("--artifacts-bucket", "no-such-bucket-for-ponos"), "does not exist"),
-        (["--dsn", unreachable_db, *folded.cli_args()[2:]], "cannot connect to PostgreSQL"),
-        (["--logs-bucket", folded.logs], "--artifacts-bucket and --logs-bucket are required"),
+    cases = [  # nobody answering may be a failover: 75, run again later; the rest is configuration
+        (s3_down, "cannot reach S3", 75),
+        (folded.cli_args("--before", "last tuesday"), "is not an ISO 8601 timestamp", 2),
+        (folded.cli_args("--max-runtime", "ten minutes"), "is not a duration", 2),
+        (folded.cli_args("--grace", "1 week"), "is not a duration", 2),
+        (folded.cli_args("--artifacts-bucket", "no-such-bucket-for-ponos"), "does not exist", 2),
+        (["--dsn", unreachable_db, *folded.cli_args()[2:]], "cannot connect to PostgreSQL", 75),
+        (["--logs-bucket", folded.logs], "--artifacts-bucket and --logs-bucket are required", 2),
     ]
-    for args, message in cases:
+    for args, message, exit_code in cases:
         code, output, report = run_cli("cleanup", "-q", *args)
 
-        assert code == 2, (args, output)
+        assert code == exit_code, (args, output)
         assert message in _one_error_line(output)
         assert secret not in output and secret not in str(report)
         if report is not None:  # written once the job started

@@ -201,46 +201,58 @@ def test_no_db_moves_logs_and_reports_undecided_artifacts(seeded, runner_args, s
 def test_failed_deletes_are_reported_and_completed_on_rerun(seeded, runner_args, monkeypatch):
     from ponoskit.s3 import delete
 
-    real = delete.delete_keys
+    real = delete.delete_objects
 
-    def refuse_some(client, bucket, keys):
-        results = real(client, bucket, [k for k in keys if "#" not in k])
+    def refuse_some(client, bucket, refs, **kwargs):
+        keys = [r.key for r in refs]
+        results = real(client, bucket, [r for r in refs if "#" not in r.key], **kwargs)
         refused = iter(delete.ObjectDeleteError(bucket, k, "AccessDenied", "no") for k in keys if "#" in k)
         done = iter(results)
         return [next(refused) if "#" in k else next(done) for k in keys]
 
-    monkeypatch.setattr(delete, "delete_keys", refuse_some)
+    monkeypatch.setattr(delete, "delete_objects", refuse_some)
     code, report, _ = runner_args()
     assert code == 1
     failed = [f["key"] for f in report["items"]["failed"]]
     assert failed and all("#" in key for key in failed)
     assert all(key in list_keys(seeded["ctx"].s3, seeded["artifacts"]) for key in failed)
 
-    monkeypatch.setattr(delete, "delete_keys", real)
+    monkeypatch.setattr(delete, "delete_objects", real)
     code, again, _ = runner_args()
     assert code == 0 and again["counts"]["already_moved"] == len(failed)
     assert not set(failed) & set(list_keys(seeded["ctx"].s3, seeded["artifacts"]))
 
 
-@pytest.mark.parametrize("args, message", [
-    ([], "--artifacts-bucket"),
-    (["--artifacts-bucket", "no-such-bucket-here"], "does not exist"),
-    (["--artifacts-bucket", "{bucket}", "--shard", "3/3"], "--shard"),
-    (["--artifacts-bucket", "{bucket}", "--multipart-threshold", "lots"], "size"),
-    (["--artifacts-bucket", "{bucket}", "--dsn", "postgresql://ponos:s3cr3t-pw@127.0.0.1:1/x"], "cannot connect"),
-])
-def test_bad_input_is_one_line_exit_2_and_changes_nothing(seeded, s3_env, tmp_path, args, message):
+@pytest.mark.parametrize("args, message, exit_code", [
+    ([], "--artifacts-bucket", 2),
+    (["--artifacts-bucket", "no-such-bucket-here"], "does not exist", 2),
+    (["--artifacts-bucket", "{bucket}", "--shard", "3/3"], "--shard", 2),
+    (["--artifacts-bucket", "{bucket}", "--multipart-threshold", "lots"], "size", 2),
+    (["--artifacts-bucket", "{bucket}", "--report", "{tmp}/no/such/folder/r.json"], "does not exist", 2),
+    (["--artifacts-bucket", "{bucket}", "--checkpoint", "{tmp}/missing/ck.json"], "does not exist", 2),
+    (["--artifacts-bucket", "{bucket}", "--metrics-file", "{tmp}/missing/m.prom"], "does not exist", 2),
+    (["--artifacts-bucket", "{bucket}", "--report", "{tmp}"], "is a folder", 2),
+    # Nobody answers (a failover looks like this): transient, run again later.
+    (["--artifacts-bucket", "{bucket}", "--dsn", "postgresql://ponos:s3cr3t-pw@127.0.0.1:1/x"], "cannot connect", 75),
+], ids=["no-bucket", "missing-bucket", "shard", "size", "report-folder", "checkpoint-folder", "metrics-folder",
+        "report-is-folder", "db-unreachable"])
+def test_bad_input_is_one_line_and_changes_nothing(seeded, s3_env, tmp_path, args, message, exit_code):
     s3 = seeded["ctx"].s3
-    before = list_keys(s3, seeded["artifacts"])
-    args = [a.replace("{bucket}", seeded["artifacts"]) for a in args]
+    before = list_keys(s3, seeded["artifacts"]), list_keys(s3, seeded["logs"])
+    args = [a.replace("{bucket}", seeded["artifacts"]).replace("{tmp}", str(tmp_path)) for a in args]
     if "--dsn" not in args:
         args += ["--dsn", seeded["dsn"]]
-    code, _, stderr = rename(s3_env, *args, tmp_path=tmp_path)
-    assert code == 2
+    if "--report" in args:
+        result = CliRunner().invoke(main, ["s3-rename", "--endpoint-url", s3_env["AWS_ENDPOINT_URL"], *args])
+        code, stderr = result.exit_code, result.stderr
+    else:
+        code, _, stderr = rename(s3_env, *args, tmp_path=tmp_path)
+    assert code == exit_code
     assert message in stderr
     assert "s3cr3t-pw" not in stderr
     assert len([line for line in stderr.splitlines() if line.strip()]) <= 3  # click usage + one error line
-    assert list_keys(s3, seeded["artifacts"]) == before
+    assert "Traceback" not in stderr
+    assert (list_keys(s3, seeded["artifacts"]), list_keys(s3, seeded["logs"])) == before
 
 
 def test_checkpoint_of_another_run_is_refused(seeded, runner_args, tmp_path):

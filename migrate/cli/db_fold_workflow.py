@@ -2,28 +2,31 @@
 
 from __future__ import annotations
 
-import re
 import sys
 
 import click
 
-from ponoskit.cli import EXIT_OK, dsn_option, init_logging, progress, run_job, run_options, writing_report
+from ponoskit.cli import (EXIT_OK, dsn_option, init_logging, parse_duration, progress, run_job, run_options,
+                          writing_report)
 from ponoskit.connections import describe_dsn
 from ponoskit.context import Context
+from ponoskit.errors import ConfigError
 from ponoskit.report import Report
 
 from migrate.db_fold_workflow import (KEPT_WORKFLOW_TABLE, ORPHANS_DELETE, ORPHANS_REFUSE, FoldOptions, FoldPlan,
                                       LockPolicy, fold_workflows, plan_fold)
 
 JOB = "db-fold-workflow"
-_DURATION = re.compile(r"^\s*(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>ms|s|min)?\s*$")
 
 
 def _seconds(ctx, param, value: str) -> float:
-    match = _DURATION.match(value or "")
-    if not match or float(match["value"]) <= 0:
+    try:
+        seconds = parse_duration("--lock-timeout", value)
+    except ConfigError:
+        seconds = None
+    if not seconds or seconds <= 0:
         raise click.BadParameter("a positive duration such as 500ms, 2s or 1.5 (seconds)")
-    return float(match["value"]) * {"ms": 0.001, "s": 1.0, "min": 60.0, None: 1.0}[match["unit"]]
+    return seconds
 
 
 def _print_plan(plan: FoldPlan, database: str, batch_size: int, out) -> None:

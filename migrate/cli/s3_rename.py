@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
-from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, ByteSize, bucket_options, dsn_option, init_logging,
-                          run_job, run_options, s3_options, writing_report)
+from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, ByteSize, bucket_options, dsn_option, init_logging, job_report,
+                          progress, run_job, run_options, s3_options, writing_report)
 from ponoskit.connections import S3Settings, describe_dsn
 from ponoskit.context import Context
-from ponoskit.report import Report
 from ponoskit.shard import Shard
 
-from ..s3_rename import RenameOptions, rename
+from ..s3_mover import INSPECT_ALWAYS, INSPECT_AUTO
+from ..s3_rename import PROBLEMS, RenameOptions, rename
 
 
 @click.command("s3-rename")
@@ -21,19 +21,29 @@ from ..s3_rename import RenameOptions, rename
 @click.option("--no-db", is_flag=True,
               help="Classify keys by shape alone; keys that may be either layout are reported, not moved.")
 @click.option("--workers", type=click.IntRange(1, 1024), default=64, show_default=True,
-              help="Copies in flight at once.")
-@click.option("--multipart-threshold", type=ByteSize(), default="5GiB", show_default=True,
-              help="Objects larger than this are copied in parts (UploadPartCopy).")
+              help="Copies in flight at most (fewer while S3 throttles: the window adapts).")
+@click.option("--max-rps", type=click.FloatRange(min=0.1), default=None, metavar="N",
+              help="At most N S3 requests per second, all workers together (a bucket production also uses).")
+@click.option("--multipart-threshold", type=ByteSize(), default="1GiB", show_default=True,
+              help="Objects larger than this are copied in parallel parts (UploadPartCopy).")
 @click.option("--part-size", type=ByteSize(), default="256MiB", show_default=True,
               help="Part size of multipart copies (at least 5MiB; grows to stay within 10,000 parts).")
+@click.option("--inspect-sources", type=click.Choice([INSPECT_AUTO, INSPECT_ALWAYS]), default=INSPECT_AUTO,
+              show_default=True,
+              help="HEAD every source before copying it, to keep its own SSE-KMS key: 'auto' does when the "
+                   "bucket's default encryption is KMS (or unreadable), 'always' everywhere.")
+@click.option("--compare-read-limit", type=ByteSize(), default="64MiB", show_default=True,
+              help="A key already at its new key is compared by checksum or MD5 ETag; without either, objects "
+                   "up to this size are read and compared, larger ones are conflicts.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Progress file: a killed run resumes from it. One per shard.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Handle the I-th of N disjoint key ranges (0-based), e.g. a Kubernetes Indexed Job.")
 @run_options
 @run_job
-def command(artifacts_bucket, logs_bucket, endpoint_url, profile, dsn, no_db, workers, multipart_threshold,
-            part_size, checkpoint, shard, dry_run, report_path, verbosity, quiet, log_format):
+def command(artifacts_bucket, logs_bucket, endpoint_url, profile, retry_deadline, dsn, no_db, workers, max_rps,
+            multipart_threshold, part_size, inspect_sources, compare_read_limit, checkpoint, shard, dry_run, report_path, verbosity, quiet,
+            log_format):
     """Move legacy artifacts and logs to their new keys, server-side.
 
     \b
@@ -41,30 +51,34 @@ def command(artifacts_bucket, logs_bucket, endpoint_url, profile, dsn, no_db, wo
     logs:      <workflow>/run_<N>/<task>.log     -> <task>.log
 
     The task table decides which keys are legacy, so the rename runs before or after the
-    fold. Re-running is safe: moved keys are never moved again, half-done moves are completed.
-    Exit 0 when every legacy key in scope was moved, 1 when some were not (see the report),
-    2 for bad usage or configuration (nothing changed).
+    fold. Nothing is ever overwritten: a key already at its new key with the same content
+    finishes a half-done move, other content is a conflict (both kept). Storage class,
+    encryption, tags and headers are kept. Exit 0 when a final check found no legacy key in
+    scope left, 1 when some are (conflicts, failures, archived: see the report), 2 for bad
+    usage or configuration (nothing changed), 75 when S3 or PostgreSQL kept failing (run again).
     """
     init_logging(verbosity, quiet, log_format)
     options = RenameOptions(artifacts_bucket=artifacts_bucket, logs_bucket=logs_bucket, workers=workers,
                             multipart_threshold=multipart_threshold, part_size=part_size,
-                            checkpoint=checkpoint, shard=Shard.parse(shard))
-    report = Report("s3-rename", dry_run=dry_run)
-    settings = S3Settings(endpoint_url=endpoint_url, profile=profile, max_pool_connections=max(64, 2 * workers))
-    with Context(job="s3-rename", dsn=dsn, use_db=not no_db, s3=settings, dry_run=dry_run,
-                 report=report) as context:
-        if context.use_db:
-            report.info["database"] = describe_dsn(context.dsn)
-        report.info["endpoint"] = settings.effective_endpoint or "aws"
-        with writing_report(report, report_path):
+                            read_limit=compare_read_limit, inspect=inspect_sources,
+                            checkpoint=checkpoint, shard=Shard.parse(shard), progress=progress)
+    report = job_report("s3-rename", dry_run=dry_run)
+    settings = S3Settings(endpoint_url=endpoint_url, profile=profile, max_pool_connections=max(64, 2 * workers),
+                          concurrency=workers, max_rps=max_rps, retry_deadline=retry_deadline)
+    with writing_report(report, report_path):
+        with Context(job="s3-rename", dsn=dsn, use_db=not no_db, s3=settings, dry_run=dry_run,
+                     report=report) as context:
+            if context.use_db:
+                report.info["database"] = describe_dsn(context.dsn)
+            report.info["endpoint"] = context.endpoint
             done = rename(context, options)
-        summarize(context)
+            summarize(context)
     return EXIT_OK if done else EXIT_INCOMPLETE
 
 
 def summarize(context) -> None:
     counts = context.report.counts
     names = ("would_move", "would_complete") if context.dry_run else ("moved", "already_moved")
-    names += ("conflicts", "failed", "undecided", "orphan_legacy", "unrecognized", "new_layout", "scanned")
+    names += (*PROBLEMS, "orphan_legacy", "unrecognized", "new_layout", "source_gone", "scanned")
     context.log.info("s3-rename%s: %s", " (dry run)" if context.dry_run else "",
                      ", ".join(f"{name} {counts[name]}" for name in names))

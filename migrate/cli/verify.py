@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, bucket_options, dsn_option, init_logging, output_options,
-                          run_job, s3_options, writing_report)
+from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, bucket_options, dsn_option, init_logging, job_report,
+                          output_options, progress, run_job, s3_options, writing_report)
 from ponoskit.connections import S3Settings, describe_dsn
 from ponoskit.context import Context
-from ponoskit.report import Report
 
 from ..verify import PROBLEMS, verify
 
@@ -19,21 +18,22 @@ from ..verify import PROBLEMS, verify
 @dsn_option
 @output_options
 @run_job
-def command(artifacts_bucket, logs_bucket, endpoint_url, profile, dsn, report_path, verbosity, quiet, log_format):
+def command(artifacts_bucket, logs_bucket, endpoint_url, profile, retry_deadline, dsn, report_path, verbosity, quiet,
+            log_format):
     """Check that the database and the buckets agree (read only).
 
     Every artifact row has its object at <task>/<path> with the row's size, and no legacy key
     is left. Finished tasks without a log, orphans (objects of deleted tasks) and keys of
     neither layout are reported but not fatal. One streamed listing per bucket, no HEADs.
-    Exit 0 when they agree, 1 when they do not (see the report), 2 for bad usage or configuration.
+    Exit 0 when they agree, 1 when they do not (see the report), 2 for bad usage or configuration,
+    75 when S3 or PostgreSQL kept failing (run again).
     """
     init_logging(verbosity, quiet, log_format)
-    report = Report("verify")
-    settings = S3Settings(endpoint_url=endpoint_url, profile=profile)
-    with Context(job="verify", dsn=dsn, s3=settings, report=report) as context:
-        report.info.update(database=describe_dsn(context.dsn), endpoint=settings.effective_endpoint or "aws")
-        with writing_report(report, report_path):
-            agree = verify(context, artifacts_bucket=artifacts_bucket, logs_bucket=logs_bucket)
+    report = job_report("verify")
+    settings = S3Settings(endpoint_url=endpoint_url, profile=profile, retry_deadline=retry_deadline)
+    with writing_report(report, report_path), Context(job="verify", dsn=dsn, s3=settings, report=report) as context:
+        report.info.update(database=describe_dsn(context.dsn), endpoint=context.endpoint)
+        agree = verify(context, artifacts_bucket=artifacts_bucket, logs_bucket=logs_bucket, progress=progress)
         counts = report.counts
         context.log.info("verify: %s", ", ".join(f"{name} {counts[name]}" for name in (
             "artifacts_found", "logs_found", *PROBLEMS, "missing_logs", "orphans", "orphan_legacy", "unindexed_objects",

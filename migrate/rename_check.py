@@ -1,0 +1,103 @@
+"""The rename's final check: nothing in scope is left once the listing has gone by.
+
+The listing sees every key at or after its cursor; a legacy key written behind it while the
+run went on would be missed. Only the legacy release writes legacy keys, and only for its
+tasks, which the database knows: tasks still unfinished when the pass began, or created or
+changed since (``created``/``updated``, set by the application, on its clock: a margin covers
+the skew). Their legacy keys are looked up by prefix and moved, round after round, until a
+round finds none; if some keep appearing (tasks still running under the legacy release), the
+run says so (exit 1) instead of claiming it is done.
+
+Once ``ponos_task.workflow_id`` is gone (the fold's contract), no legacy release can run, so
+no legacy key can appear: the pass itself was the check. Without a database, a second
+listing of the range is.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Callable
+
+from ponoskit import keys
+from ponoskit.keyrange import KeyRange
+from ponoskit.s3.listing import iter_pages
+from ponoskit.schema import column_exists
+from ponoskit.tasks import UNFINISHED_STATES
+
+CLOCK_MARGIN = timedelta(minutes=10)
+ROUNDS = 3
+
+CHANGED_TASKS_SQL = """
+SELECT id::text, workflow_id::text, run, state FROM ponos_task
+ WHERE workflow_id IS NOT NULL
+   AND (state = ANY(%(unfinished)s) OR created >= %(since)s OR updated >= %(since)s)"""
+
+
+def final_check(context, bucket_pass: keys.BucketPass, key_range: KeyRange, mover, present, *,
+                since: str, record: Callable) -> dict:
+    if context.dry_run:
+        return {"final_check": "skipped (dry run)"}
+    if not context.use_db:
+        return _relist(context, bucket_pass, key_range, mover, record)
+    if not column_exists(context.db, "ponos_task", "workflow_id"):
+        return {"final_check": "not needed: no legacy release can write (ponos_task.workflow_id is gone)"}
+    moment = datetime.fromisoformat(since) - CLOCK_MARGIN
+    moved_total = 0
+    for round_number in range(1, ROUNDS + 1):
+        next_moment = context.db.execute("SELECT now()").fetchone()[0] - CLOCK_MARGIN
+        found = _check_round(context, bucket_pass, key_range, mover, present, moment, record)
+        moved_total += found
+        if not found:
+            return {"final_check": "clean", "rounds": round_number, "moved_in_check": moved_total}
+        context.log.info("final check: %d legacy key(s) written during the run, moved; looking again", found)
+        moment = next_moment
+    context.report.add("legacy_appearing", f"legacy keys kept appearing after {ROUNDS} rounds of the final check: "
+                                           "tasks of the legacy release still write them; run again once they finish")
+    return {"final_check": "legacy keys keep appearing", "rounds": ROUNDS, "moved_in_check": moved_total}
+
+
+def _check_round(context, bucket_pass, key_range, mover, present, moment, record) -> int:
+    """Move the legacy keys of tasks changed since ``moment``; return how many were found."""
+    rows = context.db.execute(CHANGED_TASKS_SQL, {"unfinished": list(UNFINISHED_STATES), "since": moment}).fetchall()
+    reported = _problem_keys(context.report)  # already counted as conflicts, failures...: not twice
+    futures = []
+    for task_id, workflow_id, run, state in rows:
+        prefixes = []
+        if bucket_pass.artifacts:
+            prefixes.append(keys.legacy_artifact_key(workflow_id, task_id, ""))
+        if bucket_pass.logs:
+            prefixes.append(keys.legacy_log_key(workflow_id, run, task_id))
+        for prefix in prefixes:
+            if not key_range.covers_prefix(prefix):
+                continue
+            for page in iter_pages(context.s3, bucket_pass.bucket, prefix=prefix, key_range=key_range,
+                                   retrier=context.retrier):
+                states = {task_id: state}
+                for obj in page:
+                    classified = keys.classify(obj.key, states, logs=bucket_pass.logs, artifacts=bucket_pass.artifacts)
+                    if classified.is_legacy and obj.key not in reported:
+                        futures.append(mover.submit(obj, classified.new_key, check_destination=present is not None))
+    for future in futures:
+        record(future.result())
+    return len(futures)
+
+
+def _problem_keys(report) -> set[str]:
+    return {item["key"] for name in ("conflicts", "failed", "archived")
+            for item in report.items.get(name, []) if isinstance(item, dict)}
+
+
+def _relist(context, bucket_pass, key_range, mover, record) -> dict:
+    """Without a database: list the range again; legacy keys still there are moved now."""
+    found = 0
+    futures = []
+    reported = _problem_keys(context.report)
+    for page in iter_pages(context.s3, bucket_pass.bucket, key_range=key_range, retrier=context.retrier):
+        for obj in page:
+            classified = keys.classify(obj.key, None, logs=bucket_pass.logs, artifacts=bucket_pass.artifacts)
+            if classified.is_legacy and obj.key not in reported:
+                futures.append(mover.submit(obj, classified.new_key, check_destination=True))
+                found += 1
+    for future in futures:
+        record(future.result())
+    return {"final_check": "relisted" if found == 0 else f"relisted; {found} legacy key(s) moved", "rounds": 1}

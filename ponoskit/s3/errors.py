@@ -1,0 +1,165 @@
+"""What an S3 failure means for the run, whichever client raised it (botocore or obstore).
+
+Every job asks :func:`kind_of` before it decides: retry later (throttled, transient), stop
+with a configuration error (permission), record the key (archived, not found, precondition),
+or report the key as failed (anything else). The typed errors at the bottom are what the
+jobs raise once retries are spent; the CLI turns them into exit codes (75 for transient).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Optional
+
+from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError,
+                                 EndpointConnectionError, ReadTimeoutError, ResponseStreamingError)
+
+from ..errors import ConfigError, PonosError, TransientError
+
+
+class Kind(enum.Enum):
+    THROTTLED = "throttled"        # 503 SlowDown, 429: slow the whole run down, then retry
+    TRANSIENT = "transient"        # 5xx, connection reset, timeout: retry, then exit 75
+    PERMISSION = "permission"      # 403 and friends: configuration, stop (exit 2)
+    ARCHIVED = "archived"          # GLACIER / DEEP_ARCHIVE not restored: report, never fail
+    NOT_FOUND = "not_found"        # 404
+    PRECONDITION = "precondition"  # 412 (If-None-Match / If-Match lost), 409 conditional conflict
+    OTHER = "other"                # 400s that say something is wrong with this one key
+
+
+THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
+                  "TooManyRequestsException", "RequestThrottled", "RequestThrottledException",
+                  "ProvisionedThroughputExceededException", "BandwidthLimitExceeded", "EC2ThrottledException"}
+TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeoutException",
+                   "PriorRequestNotComplete", "OperationAborted", "500", "502", "503", "504"}
+PERMISSION_CODES = {"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                    "AccountProblem", "InvalidToken", "ExpiredToken", "TokenRefreshRequired", "403",
+                    "KMS.AccessDeniedException", "KMS.DisabledException", "KMS.KMSInvalidStateException",
+                    "KMS.NotFoundException", "AuthorizationHeaderMalformed", "InvalidSecurity"}
+ARCHIVED_CODES = {"InvalidObjectState", "ObjectNotInActiveTierError"}
+NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404", "NoSuchVersion"}
+PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412"}
+_CONNECTION_ERRORS = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError,
+                      ResponseStreamingError)
+
+# obstore says what went wrong in words; the HTTP status is in the text when there was one.
+_STATUS_IN_TEXT = re.compile(r"status(?: code)?:? (\d{3})\b")
+_OBSTORE_CONNECTION_WORDS = ("error sending request", "connection", "timed out", "timeout", "broken pipe",
+                             "reset by peer", "incomplete message", "unexpected eof", "dns error",
+                             "retry_timeout", "retries exhausted", "body error")
+
+
+def error_code(exc: BaseException) -> str:
+    """The S3 error code (``SlowDown``, ``AccessDenied``...) or the HTTP status as text, or ''."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code") or "")
+        return code or str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or "")
+    return ""
+
+
+def http_status(exc: BaseException) -> Optional[int]:
+    if isinstance(exc, ClientError):
+        return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    match = _STATUS_IN_TEXT.search(str(exc))
+    return int(match[1]) if match else None
+
+
+def kind_of(exc: BaseException) -> Kind:
+    """What kind of failure ``exc`` is (see :class:`Kind`)."""
+    if isinstance(exc, ClientError):
+        code, status = error_code(exc), http_status(exc)
+        for codes, kind in ((THROTTLE_CODES, Kind.THROTTLED), (ARCHIVED_CODES, Kind.ARCHIVED),
+                            (PRECONDITION_CODES, Kind.PRECONDITION), (NOT_FOUND_CODES, Kind.NOT_FOUND),
+                            (PERMISSION_CODES, Kind.PERMISSION), (TRANSIENT_CODES, Kind.TRANSIENT)):
+            if code in codes:
+                return kind
+        return _kind_of_status(status)
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return Kind.TRANSIENT
+    if isinstance(exc, BotoCoreError):
+        return Kind.OTHER
+    return _kind_of_obstore(exc)
+
+
+def _kind_of_status(status: Optional[int]) -> Kind:
+    if status in (429, 503):
+        return Kind.THROTTLED
+    if status is not None and status >= 500:
+        return Kind.TRANSIENT
+    if status == 403:
+        return Kind.PERMISSION
+    if status == 404:
+        return Kind.NOT_FOUND
+    if status in (409, 412):
+        return Kind.PRECONDITION
+    return Kind.OTHER
+
+
+def _kind_of_obstore(exc: BaseException) -> Kind:
+    try:
+        from obstore import exceptions as ox
+    except ImportError:  # pragma: no cover - obstore is a dependency
+        return Kind.OTHER
+    if isinstance(exc, (ox.AlreadyExistsError, ox.PreconditionError)):
+        return Kind.PRECONDITION
+    if isinstance(exc, ox.NotFoundError):
+        return Kind.NOT_FOUND
+    if isinstance(exc, (ox.PermissionDeniedError, ox.UnauthenticatedError)):
+        return Kind.PERMISSION
+    text = str(exc)
+    if "SlowDown" in text:
+        return Kind.THROTTLED
+    if "InvalidObjectState" in text:
+        return Kind.ARCHIVED
+    kind = _kind_of_status(http_status(exc))
+    if kind is not Kind.OTHER:
+        return kind
+    lowered = text.lower()
+    if isinstance(exc, ox.GenericError) and any(word in lowered for word in _OBSTORE_CONNECTION_WORDS):
+        return Kind.TRANSIENT
+    return Kind.OTHER
+
+
+def is_retryable(exc: BaseException) -> bool:
+    return kind_of(exc) in (Kind.THROTTLED, Kind.TRANSIENT)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one short line: S3's code and message, not a botocore paragraph."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        operation = getattr(exc, "operation_name", "") or "request"
+        text = f"{operation}: {error.get('Code') or http_status(exc)} {error.get('Message') or ''}"
+    else:
+        text = str(exc) or type(exc).__name__
+        # obstore repeats the whole response body; the first sentence says it.
+        text = text.split("\n\nDebug source:")[0]
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+class S3Error(PonosError):
+    """S3 answered with an error that no retry fixes (exit 1)."""
+
+
+class S3PermissionError(ConfigError):
+    """S3 refused what the job must do (403): fix the IAM policy or the bucket policy (exit 2)."""
+
+
+class S3TransientError(TransientError):
+    """S3 kept failing (5xx, throttling, connection) after every retry: run again later (exit 75)."""
+
+
+def raise_typed(exc: BaseException, what: str):
+    """Re-raise an S3 failure of ``what`` (a listing, a bucket check) as a typed error."""
+    kind = kind_of(exc)
+    if kind is Kind.PERMISSION:
+        raise S3PermissionError(f"{what}: permission denied ({one_line(exc)}); check the IAM policy") from None
+    if kind in (Kind.THROTTLED, Kind.TRANSIENT):
+        raise S3TransientError(f"{what}: S3 kept failing after retries ({one_line(exc)}); run again to resume") \
+            from None
+    if kind is Kind.NOT_FOUND:
+        raise ConfigError(f"{what}: not found ({one_line(exc)})") from None
+    raise S3Error(f"{what}: {one_line(exc)}") from None
