@@ -62,7 +62,7 @@ def check(conn: psycopg.Connection, *, keep_table: Optional[str] = None) -> Find
     if state == schema.FOLDED:
         return Findings(state)
     if state == schema.UNKNOWN:
-        raise Refused("the database holds neither the legacy nor the folded Ponos tables "
+        raise ConfigError("the database holds neither the legacy nor the folded Ponos tables "
                       "(ponos_task, process_process, ponos_workflow); nothing changed")
     if state == schema.PARTIAL:
         _check_partial_is_ours(conn)
