@@ -43,7 +43,8 @@ from psycopg import errors as pg_errors
 
 from ponoskit import schema
 from ponoskit.context import Context
-from ponoskit.errors import AlreadyRunning, ConfigError, PonosError
+from ponoskit.connections import redact
+from ponoskit.errors import AlreadyRunning, ConfigError, PonosError, TransientError
 
 from migrate.fold import orphans, phases, preflight
 from migrate.fold.ddl import Ddl, LockBusy, LockPolicy
@@ -184,7 +185,11 @@ class _DatabaseErrors:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if not isinstance(exc, psycopg.Error):
             return False
-        message = " ".join(str(exc).split())
+        message = redact(" ".join(str(exc).split()))
         if isinstance(exc, pg_errors.InsufficientPrivilege):
             raise ConfigError(f"{self.phase}: missing privilege: {message}") from None
+        if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, pg_errors.QueryCanceled):
+            # The connection went (a failover, a restart): what committed stays, run again later.
+            raise TransientError(f"{self.phase}: database unavailable ({message}); what committed stays, "
+                                 "run again to resume") from None
         raise FoldFailed(f"{self.phase} failed: {message}; what committed stays, run again to resume") from None

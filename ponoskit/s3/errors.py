@@ -30,9 +30,10 @@ class Kind(enum.Enum):
 
 THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
                   "TooManyRequestsException", "RequestThrottled", "RequestThrottledException",
-                  "ProvisionedThroughputExceededException", "BandwidthLimitExceeded", "EC2ThrottledException"}
-TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeoutException",
-                   "PriorRequestNotComplete", "OperationAborted", "500", "502", "503", "504"}
+                  "ProvisionedThroughputExceededException", "BandwidthLimitExceeded", "EC2ThrottledException",
+                  "ServiceUnavailable", "503", "429"}  # a 503 from S3 means "slow down", whatever its code
+TRANSIENT_CODES = {"InternalError", "RequestTimeout", "RequestTimeoutException",
+                   "PriorRequestNotComplete", "OperationAborted", "500", "502", "504"}
 PERMISSION_CODES = {"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
                     "AccountProblem", "InvalidToken", "ExpiredToken", "TokenRefreshRequired", "403",
                     "KMS.AccessDeniedException", "KMS.DisabledException", "KMS.KMSInvalidStateException",
