@@ -4,6 +4,13 @@
     .venv/bin/python bench/bench_s3_rename.py --tasks 50000   # 10x, for the memory curve
     .venv/bin/python bench/bench_s3_rename.py --scales 1,10   # both, one table
     .venv/bin/python bench/bench_s3_rename.py --rounds 3      # medians of three rotated rounds
+    .venv/bin/python bench/bench_s3_rename.py --keys ascii    # only keys every peer can move
+
+By default each scale runs twice: on the seed's awkward keys (spaces, non-ASCII, + % # ?,
+which s5cmd fails) and on ASCII-only keys (which s5cmd moves all of). The table gives, per
+contender, wall time, objects moved per second, client CPU seconds per 1,000 objects (what
+caps one process on AWS, where the server scales), the ratios of ours to each contender by
+rate and by wall time, and the server's CPU.
 
 Each contender gets its own copy of the same legacy buckets (seeded once per scale, then
 duplicated server-side) and moves every legacy key:
@@ -51,8 +58,8 @@ from measure import cpu_seconds, wait_sampling_rss, wait_until_idle  # noqa: E40
 AVERAGE_TASKS_PER_PROCESS = 3.5  # SeedSpec.tasks_per_process = (1, 6)
 
 
-def run_measured(argv: list[str], env: dict) -> tuple[float, int, int]:
-    """Run a process; return (seconds, peak RSS in MiB, exit code). Prints the RSS curve."""
+def run_measured(argv: list[str], env: dict) -> tuple[float, int, int, float]:
+    """Run a process; return (seconds, peak RSS in MiB, exit code, CPU seconds). Prints the RSS curve."""
     # stderr to a file, not a pipe: a chatty process would fill the pipe and block forever.
     with tempfile.TemporaryFile() as errors:
         start = time.monotonic()
@@ -68,7 +75,7 @@ def run_measured(argv: list[str], env: dict) -> tuple[float, int, int]:
             errors.seek(0)
             lines = errors.read().decode(errors="replace").splitlines()
             print(f"  {len(lines)} error lines, last ones:", *lines[-5:], sep="\n    ", file=sys.stderr)
-    return seconds, usage.ru_maxrss // 1024, proc.returncode
+    return seconds, usage.ru_maxrss // 1024, proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 def duplicate_bucket(ctx, source: str, target: str) -> None:
@@ -135,24 +142,26 @@ asyncio.run(main())
 
 
 def bench_scale(ctx, admin_dsn: str, endpoint: str, env: dict, tasks: int, workers: int, work: Path,
-                contenders: list[str], rounds: int) -> dict:
+                contenders: list[str], rounds: int, key_set: str = "mixed") -> dict:
     processes = max(1, round(tasks / AVERAGE_TASKS_PER_PROCESS))
-    dbname = f"bench_rename_{tasks}"
+    dbname = f"bench_rename_{tasks}_{key_set}"
     with psycopg.connect(admin_dsn, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{dbname}"')
         admin.execute(f'CREATE DATABASE "{dbname}"')
     dsn = make_conninfo(admin_dsn, dbname=dbname)
-    suffix = f"{tasks}-{os.getpid()}"
+    suffix = f"{tasks}-{key_set[0]}-{os.getpid()}"
     base = {"artifacts": f"art-base-{suffix}", "logs": f"log-base-{suffix}"}
     for bucket in base.values():
         ctx.s3.create_bucket(Bucket=bucket)
     t0 = time.perf_counter()
     with psycopg.connect(dsn, autocommit=True) as conn:
         seed.load_legacy_schema(conn)
+        paths = seed.ASCII_PATHS if key_set == "ascii" else seed.AWKWARD_PATHS
         summary = seed.seed_database(conn, seed.SeedSpec(processes=processes, artifacts_per_task=(1, 3),
-                                                          unstarted_processes=0, seed=tasks))
+                                                          unstarted_processes=0, seed=tasks,
+                                                          artifact_paths=tuple(paths)))
         counts = seed.seed_s3(ctx, conn, artifacts_bucket=base["artifacts"], logs_bucket=base["logs"],
-                              seed=tasks)
+                              seed=tasks, with_unrecognized=key_set != "ascii")
     objects = counts["artifacts"] + counts["logs"]
     print(f"  seeded {summary.tasks} tasks, {objects} legacy objects in {time.perf_counter() - t0:.0f} s",
           flush=True)
@@ -172,7 +181,7 @@ def bench_scale(ctx, admin_dsn: str, endpoint: str, env: dict, tasks: int, worke
     for bucket in base.values():
         with contextlib.suppress(Exception):
             ctx.s3.delete_bucket(Bucket=bucket)
-    return {"tasks": summary.tasks, "objects": objects, "results": results}
+    return {"tasks": summary.tasks, "objects": objects, "keys": key_set, "results": results}
 
 
 def run_contender(ctx, name: str, base: dict, expected: dict, suffix: str, objects: int, dsn: str,
@@ -191,18 +200,18 @@ def run_contender(ctx, name: str, base: dict, expected: dict, suffix: str, objec
         argv = [str(ROOT / ".venv/bin/ponos-migrate"), "s3-rename", "--endpoint-url", endpoint,
                 "--artifacts-bucket", buckets["artifacts"], "--logs-bucket", buckets["logs"],
                 "--dsn", dsn, "--workers", str(workers), "--report", str(work / f"report-{suffix}.json")]
-        seconds, rss, code = run_measured(argv, env)
+        seconds, rss, code, cpu = run_measured(argv, env)
         phases = json.loads((work / f"report-{suffix}.json").read_text())["phases"]
         print("  ponos-migrate phases: " + ", ".join(
             f"{p['name']}{'(' + p['bucket'][:3] + ')' if 'bucket' in p else ''} {p['seconds']:.1f}s"
             for p in phases), flush=True)
     else:
         # The peers need the list of moves first: listing + database, timed as theirs.
-        t_plan = time.perf_counter()
+        t_plan, t_plan_cpu = time.perf_counter(), time.process_time()
         with psycopg.connect(dsn) as conn:
             plan = {b: legacy_moves(ctx, conn, b, artifacts=(role == "artifacts"), logs=(role == "logs"))
                     for role, b in buckets.items()}
-        plan_seconds = time.perf_counter() - t_plan
+        plan_seconds, plan_cpu = time.perf_counter() - t_plan, time.process_time() - t_plan_cpu
         if name == "s5cmd":
             commands = work / f"s5cmd-{suffix}.txt"
             with open(commands, "w", encoding="utf-8") as out:
@@ -216,8 +225,9 @@ def run_contender(ctx, name: str, base: dict, expected: dict, suffix: str, objec
             plan_file = work / f"raw-{suffix}.json"
             plan_file.write_text(json.dumps({"endpoint": endpoint, "buckets": plan}))
             argv = [sys.executable, "-c", RAW_COPY, str(plan_file)]
-        seconds, rss, code = run_measured(argv, {**env, "PYTHONPATH": str(ROOT)})
+        seconds, rss, code, cpu = run_measured(argv, {**env, "PYTHONPATH": str(ROOT)})
         seconds += plan_seconds
+        cpu += plan_cpu
     weed = cpu_seconds("weed") - weed_before
     # Check the contender did the whole job: every legacy key gone, every new key there.
     moved = left = 0
@@ -226,10 +236,11 @@ def run_contender(ctx, name: str, base: dict, expected: dict, suffix: str, objec
         moved += sum(new in present for _, new in expected[role])
         left += sum(old in present for old, _ in expected[role])
     result = {"seconds": seconds, "objects_per_s": moved / seconds, "peak_rss_mib": rss,
-              "exit": code, "new_keys": moved, "legacy_left": left, "weed_cpu_s": weed}
+              "exit": code, "new_keys": moved, "legacy_left": left, "weed_cpu_s": weed,
+              "cpu_s": cpu, "cpu_per_1000": 1000 * cpu / max(moved, 1)}
     print(f"  {name:14s} {seconds:7.1f} s {moved / seconds:8.0f} obj/s moved  peak {rss:5d} MiB  "
-          f"exit {code}  new keys {moved}/{objects}  legacy left {left}  SeaweedFS CPU {weed:.1f} s",
-          flush=True)
+          f"exit {code}  new keys {moved}/{objects}  legacy left {left}  CPU {cpu:.1f} s "
+          f"({result['cpu_per_1000']:.3f} s/1000)  SeaweedFS CPU {weed:.1f} s", flush=True)
     for bucket in buckets.values():
         with contextlib.suppress(Exception):
             ctx.s3.delete_bucket(Bucket=bucket)
@@ -239,18 +250,23 @@ def run_contender(ctx, name: str, base: dict, expected: dict, suffix: str, objec
 def print_table(table: list[dict]) -> None:
     """Medians over the rounds. A contender's rate counts the objects it actually moved (s5cmd
     leaves some behind); the ratios compare rates and wall times round by round."""
-    print("\n| tasks | objects | contender | median s | moved | obj/s moved | ours faster, obj/s (median; rounds) "
-          "| ours faster, wall time (median; rounds) | SeaweedFS CPU s | peak MiB |")
-    print("|---:|---:|---|---:|---:|---:|---|---|---:|---:|")
+    print("\n| keys | tasks | objects | contender | median s | moved | obj/s moved | client CPU s/1000 "
+          "| ours faster, obj/s (median; rounds) | ours faster, wall time (median; rounds) "
+          "| our CPU / theirs (median) | SeaweedFS CPU s | peak MiB |")
+    print("|---|---:|---:|---|---:|---:|---:|---:|---|---|---:|---:|---:|")
     for row in table:
         ours = row["results"].get("ponos-migrate", [])
         for name, runs in row["results"].items():
             rates = [r["new_keys"] / r["seconds"] for r in runs]
             by_rate = [mine["new_keys"] / mine["seconds"] / rate for mine, rate in zip(ours, rates)]
             by_time = [peer["seconds"] / mine["seconds"] for peer, mine in zip(runs, ours)]
-            print(f"| {row['tasks']} | {row['objects']} | {name} | {statistics.median(r['seconds'] for r in runs):.1f} "
-                  f"| {min(r['new_keys'] for r in runs)} | {statistics.median(rates):.0f} | {_ratios(by_rate)} "
-                  f"| {_ratios(by_time)} | {statistics.median(r['weed_cpu_s'] for r in runs):.1f} "
+            by_cpu = [mine["cpu_per_1000"] / peer["cpu_per_1000"] for peer, mine in zip(runs, ours)]
+            print(f"| {row['keys']} | {row['tasks']} | {row['objects']} | {name} "
+                  f"| {statistics.median(r['seconds'] for r in runs):.1f} "
+                  f"| {min(r['new_keys'] for r in runs)} | {statistics.median(rates):.0f} "
+                  f"| {statistics.median(r['cpu_per_1000'] for r in runs):.3f} | {_ratios(by_rate)} "
+                  f"| {_ratios(by_time)} | {statistics.median(by_cpu) if by_cpu else float('nan'):.2f} "
+                  f"| {statistics.median(r['weed_cpu_s'] for r in runs):.1f} "
                   f"| {max(r['peak_rss_mib'] for r in runs)} |")
 
 
@@ -279,6 +295,8 @@ def main() -> None:
                         help="run every contender this many times, in rotated order; report medians")
     parser.add_argument("--only", default="raw-copy,s5cmd,ponos-migrate",
                         help="contenders to run, comma-separated (the memory curve needs ponos-migrate only)")
+    parser.add_argument("--keys", choices=["mixed", "ascii", "both"], default="both",
+                        help="the seed's awkward keys, ASCII-only keys (every peer can move them), or both")
     parser.add_argument("--dsn", help="an existing PostgreSQL (admin) instead of a local one")
     parser.add_argument("--endpoint-url", help="an existing S3 server instead of a local SeaweedFS")
     args = parser.parse_args()
@@ -289,10 +307,12 @@ def main() -> None:
             os.environ.update(s3.environ())
             ctx = Context(job="bench", use_db=False, s3=S3Settings(endpoint_url=s3.endpoint_url))
             table = []
+            key_sets = ["mixed", "ascii"] if args.keys == "both" else [args.keys]
             for scale in [int(x) for x in args.scales.split(",")]:
-                print(f"scale x{scale}: {args.tasks * scale} tasks", flush=True)
-                table.append(bench_scale(ctx, admin_dsn, s3.endpoint_url, env, args.tasks * scale, args.workers,
-                                         work, args.only.split(","), args.rounds))
+                for key_set in key_sets:
+                    print(f"scale x{scale}: {args.tasks * scale} tasks, {key_set} keys", flush=True)
+                    table.append(bench_scale(ctx, admin_dsn, s3.endpoint_url, env, args.tasks * scale, args.workers,
+                                             work, args.only.split(","), args.rounds, key_set))
             print_table(table)
     finally:
         shutil.rmtree(work, ignore_errors=True)

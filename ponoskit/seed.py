@@ -35,6 +35,20 @@ AWKWARD_PATHS = [
     "日本語/ファイル.xml",
     "percent%25literal+plus.csv",
 ]
+# Paths every peer can move (s5cmd fails keys with spaces and non-ASCII): the benchmark's
+# side-by-side on data every contender handles.
+ASCII_PATHS = [
+    "results/page_1.json",
+    "logs/run_1/output.txt",
+    "deep/nested/dir/file.tar.gz",
+    "{uuid}/model.bin",
+    "metrics/summary.csv",
+    "images/thumbnail-0001.png",
+    "model/weights.bin",
+    "transcriptions/page_2.xml",
+    "export/elements.sqlite",
+    "report.html",
+]
 CONTENT_TYPES = ["application/json", "text/plain; charset=utf-8", "application/octet-stream",
                  "application/gzip", "text/xml"]
 UNRECOGNIZED_KEYS = ["README", "tmp/scratch.txt", "tmp/", "backup-2021/notes.md"]
@@ -52,6 +66,7 @@ class SeedSpec:
     unstarted_processes: int = 3
     log_share: float = 0.9
     seed: int = 42
+    artifact_paths: tuple = tuple(AWKWARD_PATHS)  # ASCII_PATHS for data every peer can move
     now: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
 
 
@@ -121,7 +136,7 @@ def seed_database(conn: psycopg.Connection, spec: SeedSpec = SeedSpec()) -> Seed
             if gpus_left and rng.random() < 0.05:
                 gpu = gpus_left.pop()
                 rows["ponos_gpu"].append((gpu[0], gpu[1], task_id, gpu[2]))
-            paths = rng.sample(AWKWARD_PATHS, k=rng.randint(*spec.artifacts_per_task))
+            paths = rng.sample(list(spec.artifact_paths), k=rng.randint(*spec.artifacts_per_task))
             for path in paths:
                 path = path.replace("{uuid}", str(_uuid(rng)))
                 size = rng.randint(1, 400)
