@@ -1,7 +1,7 @@
 """Moving one object inside a bucket: copy it whole, never over another, then delete exactly it.
 
-One bounded executor (``workers`` threads, as s3transfer does) runs every move; each returns a
-future. A move, in order:
+One pool of ``workers`` threads runs every move; each returns a future, settled once the
+source's delete (batched by the context's delete buffer) has answered. A move, in order:
 
 1. Inspect the source when needed (HEAD): archived (GLACIER, DEEP_ARCHIVE not restored) is
    reported as ``archived``; SSE-C cannot be copied without its key; a KMS key, a storage
@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import enum
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Optional, Union
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ponoskit.s3 import content
+from ponoskit.workers import WorkerPool
 from ponoskit.s3.capabilities import BucketCapabilities
 from ponoskit.s3.copy import (ARCHIVE_CLASSES, DEFAULT_MULTIPART_THRESHOLD, OBSTORE_MAX_SIZE, SourceFacts,
                               copy_object, head_facts, multipart_copy, normalize_etag, obstore_can_copy, obstore_copy)
@@ -135,7 +136,7 @@ class ObjectMover:
             context, bucket, conditional=capabilities.conditional_delete)
         self.permissions = PermissionStreak()
         self.fatal: Optional[BaseException] = None  # what stops the run, once something did
-        self._pool = ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix=f"move-{bucket}")
+        self._pool = WorkerPool(options.workers, f"move-{bucket}")
 
     # --- the public side -----------------------------------------------------------
     def submit(self, source: ObjectInfo, new_key: str, *, check_destination: bool) -> "Future[MoveResult]":
@@ -157,7 +158,8 @@ class ObjectMover:
             if isinstance(step, MoveResult):
                 result.set_result(step)
                 return
-            self.deletes.submit(step.ref).add_done_callback(lambda done: self._after_delete(step, source, done, result))
+            self.deletes.submit_callback(step.ref, lambda answer, error: self._after_delete(step, source, answer,
+                                                                                           error, result))
 
         self._pool.submit(work)
         return result
@@ -169,7 +171,7 @@ class ObjectMover:
         result.set_exception(exc)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._pool.close()
 
     def __enter__(self) -> "ObjectMover":
         return self
@@ -306,11 +308,10 @@ class ObjectMover:
         return ObjectRef(source.key, version_id=version, etag=etag)
 
     # --- after the delete, in the delete buffer's thread -----------------------------
-    def _after_delete(self, step: _Delete, source: ObjectInfo, done: Future, result: Future) -> None:
+    def _after_delete(self, step: _Delete, source: ObjectInfo, answer, error: Optional[BaseException],
+                      result: Future) -> None:
         try:
-            error = done.exception()
             if error is None:
-                answer = done.result()
                 if not isinstance(answer, ObjectDeleteError):
                     result.set_result(MoveResult(step.outcome, source.key, step.new_key))
                     return

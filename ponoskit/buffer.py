@@ -31,6 +31,24 @@ T = TypeVar("T")
 _CLOSE = object()
 
 
+class _Callback:
+    """What a future is to the flush loop, without a future's lock and condition."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback):
+        self.callback = callback
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return True
+
+    def set_result(self, result) -> None:
+        self.callback(result, None)
+
+    def set_exception(self, error: BaseException) -> None:
+        self.callback(None, error)
+
+
 class BatchBuffer(Generic[T]):
     def __init__(self, name: str, flush: Callable[[list[T]], Optional[Sequence[Any]]], *,
                  max_size: int = 1000, interval: float = 0.5, max_pending: Optional[int] = None):
@@ -60,6 +78,11 @@ class BatchBuffer(Generic[T]):
         future: Future = Future()
         self._put(item, future)
         return future
+
+    def submit_callback(self, item: T, callback: Callable[[Any, Optional[BaseException]], None]) -> None:
+        """Put an item in; ``callback(result, error)`` runs in the buffer's thread once it is
+        flushed. No future: for callers that handle items by the million and chain on them."""
+        self._put(item, _Callback(callback))
 
     def _put(self, item: T, future: Optional[Future]) -> None:
         # Under the lock, so no item slips in behind the close marker and is never flushed.

@@ -12,6 +12,7 @@ says otherwise:
   reset_after     forward, let the server act, then close without answering: it happened,
                   the client cannot know
   slow            forward after a delay
+  truncate        forward, then answer with the first half of the body (a stream cut short)
   denied          answer 403 AccessDenied without forwarding (a policy refusing one key, or all)
   hook            call ``action()`` (say, another writer's PUT), then forward
   down            refuse: close every connection at once (the server went away), until
@@ -35,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
-FAULTS = ("slowdown", "internal", "error_200", "reset_before", "reset_after", "slow", "down", "denied", "hook")
+FAULTS = ("slowdown", "internal", "error_200", "reset_before", "reset_after", "slow", "down", "denied", "hook", "truncate")
 
 
 def operation_of(method: str, path: str, headers) -> tuple[str, str]:
@@ -269,6 +270,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._drop()
         if fault == "reset_after":
             return self._drop()
+        if fault == "truncate":
+            data = data[:len(data) // 2]
         self._answer(status, response_headers, data)
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle

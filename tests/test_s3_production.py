@@ -429,3 +429,43 @@ def test_no_secret_of_the_endpoint_url_in_any_output(seeded, s3_env, tmp_path):
     assert secret not in result.output
     if report_file.exists():
         assert secret not in report_file.read_text()
+
+
+def test_a_bucket_in_another_region_is_found_and_used(legacy_dsn, context_factory, s3_env, tmp_path,
+                                                      s3_implementation):
+    import uuid
+
+    from ponoskit import seed
+    ctx = context_factory(legacy_dsn)
+    bucket = f"eu-{uuid.uuid4().hex[:16]}"
+    ctx.s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+    with psycopg.connect(legacy_dsn, autocommit=True) as conn:
+        seed.seed_database(conn, seed.SeedSpec(processes=4, seed=8))
+        seed.seed_s3(ctx, conn, artifacts_bucket=bucket, logs_bucket=bucket, seed=8)
+    before = list_keys(ctx.s3, bucket)
+    moves = expected_moves(legacy_dsn, before, before)
+
+    code, report, _ = rename(s3_env, "--artifacts-bucket", bucket, "--logs-bucket", bucket, "--dsn", legacy_dsn,
+                             tmp_path=tmp_path)
+
+    assert code == 0, report
+    if s3_implementation == "moto":  # it keeps regions as AWS does; SeaweedFS has one
+        assert report["capabilities"][bucket]["region"] == "eu-west-3"
+    assert_moved(before, list_keys(ctx.s3, bucket), {**moves["artifacts"], **moves["logs"]})
+
+
+@pytest.mark.parametrize("fault", ["error_200", "truncate"])
+def test_a_200_carrying_an_error_or_cut_short_is_retried_not_believed(seeded, run, fault_proxy, fault):
+    """A listing answered 200 with an <Error> body, or cut short, would look like the end of
+    the bucket; a DeleteObjects answer cut short would hide keys not deleted."""
+    artifacts_before, logs_before = state_of(seeded)
+    moves = expected_moves(seeded["dsn"], artifacts_before, logs_before)
+    fault_proxy.add(fault, operations=("ListObjectsV2", "DeleteObjects"), times=4)
+
+    code, report, stderr = run("--endpoint-url", fault_proxy.endpoint)
+
+    assert fault_proxy.fired(fault) == 4
+    assert code == 0, (report, stderr)
+    s3 = seeded["ctx"].s3
+    assert_moved(artifacts_before, list_keys(s3, seeded["artifacts"]), moves["artifacts"])
+    assert_moved(logs_before, list_keys(s3, seeded["logs"]), moves["logs"])

@@ -83,8 +83,9 @@ def delete_objects(client, bucket: str, items: Sequence[Union[str, ObjectRef]], 
     results: list[Optional[ObjectDeleteError]] = [None] * len(refs)
     call = _Call(client, retrier)
     one_by_one = conditional == SINGLE
-    batchable = [i for i, ref in enumerate(refs) if xml_safe(ref.key) and not (one_by_one and ref.etag)]
-    singles = [i for i, ref in enumerate(refs) if i not in set(batchable)]
+    batchable, singles = [], []
+    for i, ref in enumerate(refs):
+        (batchable if xml_safe(ref.key) and not (one_by_one and ref.etag) else singles).append(i)
     for start in range(0, len(batchable), MAX_KEYS_PER_REQUEST):
         singles += _delete_batch(call, bucket, refs, batchable[start:start + MAX_KEYS_PER_REQUEST], results,
                                  conditional)
