@@ -161,7 +161,6 @@ def test_rename_through_5_to_10_percent_faults_ends_exact(rename_case, proxy, tm
         pytest.fail(f"no run exited 0 in {MAX_RUNS}: {runs}")
 
     case.assert_done()
-    print("DEBUG runs", runs, fired_kinds(proxy), dict(proxy.requests))
     assert_faults_hit(proxy, RENAME_OPERATIONS)
 
     proxy.clear()
@@ -186,17 +185,18 @@ def test_server_going_away(small_rename_case, proxy, tmp_path, when):
     code, report, stderr = rename(through, *case.args("--retry-deadline", "1s"), tmp_path=tmp_path)
 
     assert proxy.fired("down") > 0, dict(proxy.counts)
-    print("DEBUG", when, code, dict(proxy.counts), error_lines(stderr), report and report["counts"])
     no_traceback(stderr)
     if when == "before-start":
         assert code == 75, stderr
         assert len(error_lines(stderr)) == 1, stderr
+        assert report["errors"], report  # the report is written all the same
         assert case.listing() == case.before  # nothing changed
         proxy.up()
     else:
         assert code in (0, 75), (code, stderr[-3000:])
         if code == 75:
             assert len(error_lines(stderr)) == 1, stderr
+            assert report["errors"], report
         case.assert_nothing_lost()
     proxy.clear()  # healthy again (a 'down' rule's outage ends too)
 
@@ -209,9 +209,9 @@ def test_server_going_away(small_rename_case, proxy, tmp_path, when):
 
 @pytest.fixture
 def folded_large(make_database, context_factory, make_bucket) -> Folded:
-    """About 800 due tasks: over a thousand S3 requests, and work for twenty kills."""
+    """About 650 due tasks: over a thousand S3 requests, and work for twenty kills."""
     return make_folded(make_database, context_factory, make_bucket,
-                       SeedSpec(processes=450, seed=9, now=datetime.now(timezone.utc)))
+                       SeedSpec(processes=350, seed=9, now=datetime.now(timezone.utc)))
 
 
 class CleanupCase:
@@ -229,6 +229,16 @@ class CleanupCase:
         if endpoint:
             args[args.index("--endpoint-url") + 1] = endpoint
         return args
+
+    def quiesce(self, timeout: float = 30.0) -> None:
+        """Wait until the killed run's sessions are gone: a COMMIT it had sent may still land,
+        and the checks below read the database in several statements."""
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.folded.dsn, autocommit=True) as conn:
+            while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                               "AND application_name = 'ponos-cleanup'").fetchone()[0]:
+                assert time.monotonic() < deadline, "the killed run's sessions never went away"
+                time.sleep(0.01)
 
     def remaining(self) -> set[str]:
         with psycopg.connect(self.folded.dsn) as conn:
@@ -283,7 +293,6 @@ def test_cleanup_through_5_to_10_percent_faults_ends_exact(folded_large, proxy, 
         case.assert_consistent()
     else:
         pytest.fail(f"no run exited 0 in {MAX_RUNS}: {runs}")
-    print("DEBUG runs", runs, fired_kinds(proxy), dict(proxy.requests))
 
     case.assert_done()
     assert report["status"] == "complete"
@@ -300,36 +309,68 @@ def test_cleanup_through_5_to_10_percent_faults_ends_exact(folded_large, proxy, 
 
 # --- SIGKILL, again and again -------------------------------------------------------------
 
-def kill_at_random(command: list[str], env: dict, tmp_path, proxy, *, kills: int, seed: int, after_each,
-                   max_starts: int = 60) -> list[dict]:
-    """Start ``command`` again and again and SIGKILL it at a random moment, 0.2-1.5 s after it
-    started, until it was killed ``kills`` times; ``after_each(run)`` checks the state between
-    two starts and says what it saw. Returns one entry per start (-9: killed).
+def wait_until(proc: subprocess.Popen, condition, timeout: float = 60.0) -> bool:
+    """Poll ``condition`` until it holds (True) or the process ended on its own (False)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            return False
+        assert time.monotonic() < deadline, "the condition to kill on never came"
+        time.sleep(0.005)
+    return True
 
-    "Started" is the job's first S3 request (the command goes through ``proxy``, which counts
-    them), not the fork: the interpreter's own start-up takes 0.3-0.8 s on a loaded machine and
-    a kill there tells nothing; measured from the job's first request the window covers the
-    preflight (canaries) and the moves alike, on a fast machine as on a slow one.
+
+def run_killed(command: list[str], env: dict, log_path, trigger) -> tuple[int, str]:
+    """Start ``command``, let ``trigger(proc)`` return at the moment to kill, SIGKILL it (unless it
+    ended first); return its exit code (-9 when killed) and its output."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
+        try:
+            trigger(proc)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+            code = proc.wait()
+    return code, log_path.read_text()
+
+
+def after_first_request(proxy, delay: float):
+    """The random kill: ``delay`` seconds after the job's first S3 request.
+
+    Counted from the job's first request (the command goes through ``proxy``, which counts
+    them), not from the fork: the interpreter's own start-up takes 0.3-0.8 s on a loaded machine
+    and a kill there tells nothing; from the first request the window covers the preflight
+    and the work alike, on a fast machine as on a slow one.
     """
+    seen = sum(proxy.requests.values())
+
+    def trigger(proc):
+        if wait_until(proc, lambda: sum(proxy.requests.values()) > seen):
+            try:
+                proc.wait(timeout=delay)
+            except subprocess.TimeoutExpired:
+                pass
+    return trigger
+
+
+def kill_again_and_again(command: list[str], env: dict, tmp_path, proxy, *, kills: int, seed: int, after_each,
+                         first_triggers=(), max_starts: int = 60) -> list[dict]:
+    """SIGKILL ``command`` once at each of ``first_triggers`` (chosen moments), then ``kills``
+    times at random, 0.2-1.5 s after its first S3 request (a seeded random); every start
+    resumes what the killed ones left. ``after_each(run)`` checks the state between two starts
+    and returns what it saw. One entry per start; code -9: killed."""
     rng = random.Random(seed)
     runs: list[dict] = []
-    while sum(r["code"] == -signal.SIGKILL for r in runs) < kills:
-        assert len(runs) < max_starts, [{k: v for k, v in r.items() if k != "log"} for r in runs]
-        delay = rng.uniform(0.2, 1.5)
-        log_path = tmp_path / f"run-{len(runs)}.log"
-        seen = sum(proxy.requests.values())
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(command, env=env, stdout=log, stderr=log)
-            deadline = time.monotonic() + 60
-            while sum(proxy.requests.values()) == seen and proc.poll() is None:
-                assert time.monotonic() < deadline, "the job never reached S3"
-                time.sleep(0.005)
-            try:
-                code = proc.wait(timeout=delay)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGKILL)
-                code = proc.wait()
-        run = {"delay": round(delay, 2), "code": code, "log": log_path.read_text()}
+    chosen = list(first_triggers)
+    while sum(r["code"] == -signal.SIGKILL for r in runs) < kills + len(first_triggers):
+        assert len(runs) < max_starts, summary(runs)
+        if chosen:
+            what, trigger = chosen.pop(0)
+        else:
+            delay = rng.uniform(0.2, 1.5)
+            what, trigger = round(delay, 2), after_first_request(proxy, delay)
+        code, log = run_killed(command, env, tmp_path / f"run-{len(runs)}.log", trigger)
+        run = {"when": what, "code": code, "log": log}
         run.update(after_each(run))
         runs.append(run)
     return runs
@@ -342,63 +383,79 @@ def summary(runs: list[dict]) -> list[tuple]:
 def test_rename_sigkill_20_times_then_resume_is_exact(rename_case, proxy, s3_env, tmp_path):
     case = rename_case
     checkpoint = tmp_path / "rename.checkpoint"
-    # Through the proxy, healthy: it tells when the job starts (see kill_at_random).
+    # Through the proxy, healthy: it tells when the job starts and where it is.
     command = _cli("s3-rename", "--endpoint-url", proxy.endpoint,
                    *case.args("--checkpoint", str(checkpoint), "--workers", "2"))
     env = {**os.environ, **s3_env}
+    moves = proxy.add("hook", action=lambda: None, operations=("CopyObject",), skip_key=keys.CANARY_PREFIX)
+    # The probe's second canary waits at the proxy: the first kill lands inside the preflight.
+    held = proxy.add("hook", action=lambda: time.sleep(2), operations=("PutObject",), key=keys.CANARY_PREFIX,
+                     after=1, times=1)
+    copies_before = moves.fired
+
+    def in_probe(proc):
+        wait_until(proc, lambda: held.fired)
+        time.sleep(0.1)
+
+    def mid_move(proc):
+        wait_until(proc, lambda: moves.fired >= copies_before + 50)
 
     def after_each(run) -> dict:
         if run["code"] != -signal.SIGKILL:
             assert run["code"] == 0, run["log"][-3000:]  # it finished before its kill
         no_traceback(run["log"])
-        resumable = False
         if checkpoint.exists():
             saved = json.loads(checkpoint.read_text())  # never half written
             assert saved["identity"]["job"] == "s3-rename"
             assert set(saved["state"]) <= set(case.buckets.values()), saved
             for values in saved["state"].values():
                 assert isinstance(values["after"], (str, type(None))) and isinstance(values["complete"], bool)
-                resumable |= values["after"] is not None or values["complete"]
         left, copied = case.assert_nothing_lost()
-        return {"left": left, "copied": copied, "resumable": resumable}
+        return {"left": left, "copied": copied, "checkpoint": checkpoint.exists()}
 
-    runs = kill_at_random(command, env, tmp_path, proxy, kills=KILLS, seed=20240611, after_each=after_each)
-    print("DEBUG", summary(runs))
+    runs = kill_again_and_again(command, env, tmp_path, proxy, kills=KILLS, seed=20240611, after_each=after_each,
+                                first_triggers=[("in-probe", in_probe), ("mid-move", mid_move)])
+    assert runs[1]["copied"] >= 25, summary(runs)  # the second kill landed mid-move
 
     report_file = tmp_path / "final.json"
-    done = subprocess.run(command + ["--report", str(report_file)], env=env, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run([*command, "--workers", "16", "--report", str(report_file)], env=env, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    print("DEBUG final", json.loads(report_file.read_text())["counts"])
-    case.assert_done()  # a killed probe's canary left behind would show here too
-    # The test's own check: kills landed after the job had started changing the buckets.
-    assert any(r["copied"] or r["left"] < case.total for r in runs if r["code"] == -signal.SIGKILL), summary(runs)
+    after = case.listing()
+    left_behind = {role: [k for k in listing if keys.is_canary(k)] for role, listing in after.items()}
+    for role in ("artifacts", "logs"):  # the rename's own work, exact
+        assert_moved(case.before[role], {k: v for k, v in after[role].items() if not keys.is_canary(k)},
+                     case.moves[role])
+    # ...and nothing else in the buckets: a killed probe's canaries must not stay behind.
+    assert left_behind == {"artifacts": [], "logs": []}, left_behind
 
 
 def test_cleanup_sigkill_20_times_then_resume_is_exact(folded_large, proxy, run_cli, tmp_path):
     case = CleanupCase(folded_large)
-    # Every listing takes 0.2 s (16 at a time): the S3 side of a run lasts, and the kills land
-    # in the database batches, in the purge behind them and in the next run's outbox drain.
-    proxy.add("slow", operations=("ListObjectsV2",), seconds=0.2)
+    # Every listing takes 0.3 s (16 at a time: 53 targets a second at most, some 1,300 to do,
+    # about 18 s of kill windows): the S3 side of a run lasts, so kills land in the purge behind
+    # the batches and in the next run's outbox drain, and the work outlasts the twenty kills on
+    # any machine.
+    proxy.add("slow", operations=("ListObjectsV2",), seconds=0.3)
     command = [*maint_command(), "cleanup", *case.args("--batch-size", "1", endpoint=proxy.endpoint)]
+
+    def amid_batches(proc):  # the first kill: once a few batches committed, many still due
+        wait_until(proc, lambda: len(case.due & case.remaining()) <= len(case.due) * 0.95)
 
     def after_each(run) -> dict:
         if run["code"] != -signal.SIGKILL:
             # It finished before its kill, or the killed run's session still held the lock.
             assert run["code"] in (0, 3), run["log"][-3000:]
         no_traceback(run["log"])
+        case.quiesce()
         left = case.assert_consistent()
         return {"left": left, "owed": len(case.folded.outbox_rows())}
 
-    runs = kill_at_random(command, dict(os.environ), tmp_path, proxy, kills=KILLS, seed=20240612,
-                          after_each=after_each)
-    print("DEBUG", summary(runs))
+    runs = kill_again_and_again(command, dict(os.environ), tmp_path, proxy, kills=KILLS, seed=20240612,
+                                after_each=after_each, first_triggers=[("amid-batches", amid_batches)])
+    assert 0 < runs[0]["left"] < len(case.due) and runs[0]["owed"], summary(runs)
 
     proxy.clear()
     code, output, report = run_cli("cleanup", *case.args())
     assert code == 0, output[-3000:]
-    print("DEBUG final", report["counts"])
     case.assert_done()
-    # The test's own checks: kills landed amid the database batches, and with S3 work owed.
-    assert any(0 < r["left"] < len(case.due) for r in runs), summary(runs)
-    assert any(r["owed"] for r in runs), summary(runs)

@@ -1,7 +1,9 @@
 """``ponos-migrate``: the one-off migrations of the workflow removal.
 
 Each module of this package defines one subcommand as ``command``; the group finds them, so a
-migration is added or retired by adding or deleting its module alone.
+migration is added or retired by adding or deleting its module alone. A module is imported
+only when its subcommand runs (or --help lists it): one broken migration never breaks the
+others.
 """
 
 from __future__ import annotations
@@ -12,7 +14,20 @@ import pkgutil
 import click
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _LazyGroup(click.Group):
+    """The subcommands are this package's modules, imported on demand."""
+
+    def list_commands(self, ctx):
+        return sorted(m.name.replace("_", "-") for m in pkgutil.iter_modules(__path__))
+
+    def get_command(self, ctx, name):
+        module_name = name.replace("-", "_")
+        if module_name not in {m.name for m in pkgutil.iter_modules(__path__)}:
+            return None
+        return importlib.import_module(f"{__name__}.{module_name}").command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="ponos-toolkit")
 def main() -> None:
     """One-off migrations that carry Ponos through the removal of its Workflow model.
@@ -24,6 +39,3 @@ def main() -> None:
       3. verify             check database and buckets agree
     """
 
-
-for _module in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    main.add_command(importlib.import_module(f"{__name__}.{_module.name}").command)
