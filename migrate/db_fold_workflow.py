@@ -1,35 +1,25 @@
-"""Fold workflows into processes in PostgreSQL, online and resumable.
+"""Fold workflows into processes in PostgreSQL, online, resumable, and reversible until the contract.
 
-The runbook, in order (the phases live in :mod:`migrate.fold.phases`):
+The runbook (the steps live in :mod:`migrate.fold.runbook`), by phase:
 
- 1. preflight           read only: server version, rights, schema shape (legacy, folded, or a
-                        fold of ours under way), orphan workflows and tasks. Orphans are refused
-                        (ids listed, exit 1) unless ``orphans="delete"``.
- 2. delete_orphans      only when asked: orphan tasks go, recorded in an outbox with their S3 keys.
- 3. add_columns         process_process.farm_id/started/finished, ponos_task.process_id: nullable,
-                        no default, so adding them is a catalog change.
- 4. install_sync_triggers  the application keeps writing the legacy columns during the fold;
-                        triggers copy its writes into the new ones.
- 5. backfill_processes, backfill_tasks   batches by primary-key range, one commit per batch,
-                        then a sweep that fixes what the walk missed.
- 6. index_process_farm, index_task_process   CREATE INDEX CONCURRENTLY (an INVALID leftover of
-                        a killed build is dropped and rebuilt).
- 7. constrain_process_farm, constrain_task_process   foreign keys NOT VALID, then VALIDATE.
- 8. unique_process_run_slug   unique index CONCURRENTLY, then ADD CONSTRAINT ... USING INDEX.
- 9. keep_workflow_mapping   with ``keep_workflow_table`` only: the kept table learns process_id.
-10. verify              every task's process is its workflow's, counts agree, constraints valid.
-11. drop_workflow       one short transaction: triggers, both workflow_id columns, the table (or
-                        renamed aside to ``ponos_workflow_before_fold``), plus a CHECK
-                        (process_id IS NOT NULL) NOT VALID once the index shows no NULL is left.
-12. task_process_not_null   VALIDATE that CHECK, SET NOT NULL (no scan), drop the CHECK.
+  expand    (``--phase expand``) everything but the drop, while the legacy release runs and
+            then beside the new one: preflight (server, rights, schema, orphans), new nullable
+            columns, two-way sync triggers (each release's writes fill the other's columns,
+            so both can run at once during a rolling deploy), backfills by key range (one
+            commit per batch, waiting while a replica lags or an operator pauses), indexes
+            built CONCURRENTLY, foreign keys NOT VALID then VALIDATE, the unique constraint,
+            verify.
+  contract  (``--phase contract``) verify again, then one short transaction: triggers, both
+            workflow_id columns, ponos_workflow (or renamed aside with --keep-workflow-table),
+            the new release's Django migration row; then NOT NULL without a scan.
+  all       (no ``--phase``) both at once: the maintenance-window fold.
+  rollback  (``--rollback``) the expand undone, last step first; every row either release
+            wrote meanwhile keeps its legacy columns filled. Refused after the contract.
 
-Every phase asks the catalog before it acts, so a run killed at any point resumes where it
-stopped, and a run on a folded database changes nothing. Every statement that takes a lock
+Every step asks the catalog before it acts, so a run killed at any point resumes where it
+stopped, and a run of a finished phase changes nothing. Every statement that takes a lock
 the application could queue behind runs under a short ``lock_timeout`` and retries with
 backoff. One fold at a time: the run holds an advisory lock.
-
-The application stays on its legacy code until step 11 and should get the version without
-the Workflow model right after; the triggers bridge the time in between.
 """
 
 from __future__ import annotations
@@ -46,14 +36,15 @@ from ponoskit.context import Context
 from ponoskit.connections import redact
 from ponoskit.errors import AlreadyRunning, ConfigError, PonosError, TransientError
 
-from migrate.fold import orphans, phases, preflight
+from migrate.fold import django_migrations, orphans, preflight, runbook
 from migrate.fold.ddl import Ddl, LockBusy, LockPolicy
-from migrate.fold.job import (KEPT_WORKFLOW_TABLE, ORPHANS_DELETE, ORPHANS_REFUSE, FoldOptions, Job,
+from migrate.fold.job import (KEPT_WORKFLOW_TABLE, ORPHANS_DELETE, ORPHANS_REFUSE, PHASES, FoldOptions, Job,
                               ProgressFactory)
-from migrate.fold.phases import Step
+from migrate.fold.runbook import Plan, Step
+from migrate.fold.throttle import Throttle
 
-__all__ = ["FOLD_LOCK_KEY", "FoldFailed", "FoldOptions", "FoldPlan", "LockBusy", "LockPolicy",
-           "KEPT_WORKFLOW_TABLE", "ORPHANS_DELETE", "ORPHANS_REFUSE", "fold_workflows", "plan_fold"]
+__all__ = ["FOLD_LOCK_KEY", "FoldFailed", "FoldOptions", "FoldPlan", "LockBusy", "LockPolicy", "PHASES",
+           "KEPT_WORKFLOW_TABLE", "ORPHANS_DELETE", "ORPHANS_REFUSE", "fold_workflows", "plan_fold", "rollback_fold"]
 
 # pg_try_advisory_lock key of this job ("ponosfol" in ASCII): one fold per database at a time.
 FOLD_LOCK_KEY = 0x706F6E6F73666F6C
@@ -65,65 +56,134 @@ class FoldFailed(PonosError):
 
 @dataclass
 class FoldPlan:
-    """What a run would do: the preflight's findings and every phase with its SQL and rows."""
+    """What a run would do: the preflight's findings and every step with its SQL and rows."""
     state: str
     counts: dict[str, int] = field(default_factory=dict)
-    steps: list[Step] = field(default_factory=list)
+    steps: list[Plan] = field(default_factory=list)
     refusal: Optional[PonosError] = None  # what a real run would refuse with, if anything
 
-    def pending_steps(self) -> list[Step]:
+    def pending_steps(self) -> list[Plan]:
         return [step for step in self.steps if step.pending]
 
 
 def fold_workflows(ctx: Context, options: FoldOptions = FoldOptions(),
                    progress: Optional[ProgressFactory] = None) -> None:
-    """Run the fold to its end (or find it done). Raises a PonosError when it cannot."""
+    """Run the phase to its end (or find it done). Raises a PonosError when it cannot."""
     with _DatabaseErrors("preflight") as errors:
         conn = ctx.db
         _describe(ctx, options)
         with _lock(ctx, conn):
             findings = _preflight(ctx, conn, options)
-            if findings.orphans and options.orphans == ORPHANS_REFUSE:
+            if findings.orphans and options.orphans == ORPHANS_REFUSE and options.phase != "contract":
                 raise preflight.OrphansFound(findings.orphans)
-            job = Job(ctx, options, Ddl(conn, options.lock, ctx.log, ctx.report), findings, progress)
-            ran = 0
-            for phase in _phases_for(job):
-                errors.phase = phase.name
-                with ctx.report.phase(phase.name) as record:
-                    if not phase.pending(job):
-                        record["status"] = "already done"
-                        ctx.log.debug("%s: already done", phase.name)
-                        continue
-                    ctx.log.info("%s ...", phase.name)
-                    phase.run(job, record)
-                    record["status"] = "done"
-                    ran += 1
-                ctx.log.info("%s: done in %.1fs", phase.name, record["seconds"])
+            job = _job(ctx, conn, options, findings, progress)
+            steps = _steps_for(job)
+            if options.phase == "contract" and findings.state != schema.FOLDED:
+                _require_expanded(job)
+            ran = _run(ctx, job, steps, errors, undo=False)
             if ran == 0 and findings.state == schema.FOLDED:
                 ctx.log.info("the database is already folded: nothing to do")
                 ctx.report.info["already_folded"] = True
             orphans.report_deleted(conn, ctx.report)
 
 
-def plan_fold(ctx: Context, options: FoldOptions = FoldOptions()) -> FoldPlan:
+def rollback_fold(ctx: Context, options: FoldOptions = FoldOptions(),
+                  progress: Optional[ProgressFactory] = None) -> None:
+    """Undo the expand: the legacy shape alone again, every row kept. Refused after the contract."""
+    with _DatabaseErrors("rollback preflight") as errors:
+        conn = ctx.db
+        _describe(ctx, options)
+        ctx.report.info["rollback"] = True
+        with _lock(ctx, conn):
+            state = _check_can_roll_back(conn)
+            ctx.report.info["schema_state_before"] = state
+            job = _job(ctx, conn, options, preflight.Findings(state), progress)
+            ran = _run(ctx, job, runbook.rollback(), errors, undo=True)
+            if ran == 0:
+                ctx.log.info("nothing of the expand is left: nothing to roll back")
+            ctx.report.info["schema_state_after"] = schema.schema_state(conn)
+
+
+def plan_fold(ctx: Context, options: FoldOptions = FoldOptions(), *, rollback: bool = False) -> FoldPlan:
     """Preflight and plan, changing nothing (``--dry-run``)."""
     with _DatabaseErrors("plan"):
         conn = ctx.db
         _describe(ctx, options)
-        findings = _preflight(ctx, conn, options)
-        plan = FoldPlan(findings.state, findings.counts)
-        if findings.orphans and options.orphans == ORPHANS_REFUSE:
-            plan.refusal = preflight.OrphansFound(findings.orphans)
-        job = Job(ctx, options, Ddl(conn, options.lock, ctx.log), findings)
-        plan.steps = [phase.plan(job) for phase in _phases_for(job)]
+        if rollback:
+            state = _check_can_roll_back(conn)
+            job = _job(ctx, conn, options, preflight.Findings(state), None, checks=False)
+            plan = FoldPlan(state)
+            plan.steps = [step.undo_plan(job) for step in runbook.rollback()]
+        else:
+            findings = _preflight(ctx, conn, options)
+            plan = FoldPlan(findings.state, findings.counts)
+            if findings.orphans and options.orphans == ORPHANS_REFUSE and options.phase != "contract":
+                plan.refusal = preflight.OrphansFound(findings.orphans)
+            job = _job(ctx, conn, options, findings, None, checks=False)
+            plan.steps = [step.plan(job) for step in _steps_for(job)]
         ctx.report.info["plan"] = [step.to_dict() for step in plan.steps]
         return plan
 
 
-def _phases_for(job: Job) -> list[phases.Phase]:
-    """A folded schema only gets the finishing phases; the others need the legacy columns."""
-    todo = phases.after_drop() if job.findings.state == schema.FOLDED else phases.all_phases()
-    return [phase for phase in todo if phase.applies(job)]
+def _job(ctx: Context, conn, options: FoldOptions, findings, progress, *, checks: bool = True) -> Job:
+    throttle = Throttle(conn, max_lag=options.max_replica_lag, pause_file=options.pause_file, log=ctx.log,
+                        report=ctx.report)
+    if checks:
+        throttle.check()
+        throttle.install_signals()
+        if options.phase != "expand":
+            django_migrations.check(conn, options.django_migration)
+    return Job(ctx, options, Ddl(conn, options.lock, ctx.log, ctx.report), findings, progress, throttle)
+
+
+def _steps_for(job: Job) -> list[Step]:
+    """The phase's steps that apply; a folded schema only gets the finishing ones."""
+    if job.findings.state == schema.FOLDED:
+        todo = runbook.contract(after_drop_only=True) if job.options.phase != "expand" else []
+    elif job.options.phase == "expand":
+        todo = runbook.expand()
+    elif job.options.phase == "contract":
+        todo = runbook.contract()
+    else:
+        todo = runbook.expand() + runbook.contract()[1:]  # one verify is enough in one go
+    return [step for step in todo if step.applies(job)]
+
+
+def _require_expanded(job: Job) -> None:
+    """The contract drops what the legacy release reads: only once the expand is whole."""
+    pending = [step.name for step in runbook.expand() if step.applies(job) and step.name not in
+               ("delete_orphans", "verify") and step.pending(job)]
+    if pending:
+        raise ConfigError(f"the expand is not finished ({', '.join(pending)} still to do): run "
+                          "db-fold-workflow --phase expand first; nothing changed")
+
+
+def _check_can_roll_back(conn) -> str:
+    state = schema.schema_state(conn)
+    if state == schema.FOLDED:
+        raise ConfigError("the contract has run: workflow_id and ponos_workflow are gone, there is no expand "
+                          "to roll back (the README says what can still be undone); nothing changed")
+    if state == schema.UNKNOWN:
+        raise ConfigError("the database holds neither the legacy nor the folded Ponos tables; nothing changed")
+    return state
+
+
+def _run(ctx: Context, job: Job, steps: list[Step], errors: "_DatabaseErrors", *, undo: bool) -> int:
+    ran = 0
+    for step in steps:
+        name = f"undo {step.name}" if undo else step.name
+        errors.phase = name
+        with ctx.report.phase(name) as record:
+            if not (step.undo_pending(job) if undo else step.pending(job)):
+                record["status"] = "already done"
+                ctx.log.debug("%s: already done", name)
+                continue
+            ctx.log.info("%s ...", name)
+            (step.undo if undo else step.run)(job, record)
+            record["status"] = "done"
+            ran += 1
+        ctx.log.info("%s: done in %.1fs", name, record["seconds"])
+    return ran
 
 
 @contextmanager
@@ -153,7 +213,8 @@ def _lock(ctx: Context, conn: psycopg.Connection) -> Iterator[None]:
 
 def _describe(ctx: Context, options: FoldOptions) -> None:
     ctx.report.info.update(batch_size=options.batch_size, lock_timeout_seconds=options.lock.timeout,
-                           orphans=options.orphans, keep_workflow_table=options.keep_workflow_table)
+                           orphans=options.orphans, keep_workflow_table=options.keep_workflow_table,
+                           phase=options.phase, max_replica_lag_seconds=options.max_replica_lag)
 
 
 def _preflight(ctx: Context, conn: psycopg.Connection, options: FoldOptions) -> preflight.Findings:

@@ -6,7 +6,9 @@ tasks, which the database knows: tasks still unfinished when the pass began, or 
 changed since (``created``/``updated``, set by the application, on its clock: a margin covers
 the skew). Their legacy keys are looked up by prefix and moved, round after round, until a
 round finds none; if some keep appearing (tasks still running under the legacy release), the
-run says so (exit 1) instead of claiming it is done.
+run says so (exit 1) instead of claiming it is done. For a copy phase that has run before,
+the same lookup is the whole run (the catch-up). For a rollback it is the other way round:
+the new-layout keys of the tasks changed meanwhile are looked up and copied back.
 
 Once ``ponos_task.workflow_id`` is gone (the fold's contract), no legacy release can run, so
 no legacy key can appear: the pass itself was the check. Without a database, a second
@@ -34,7 +36,8 @@ SELECT id::text, workflow_id::text, run, state FROM ponos_task
 
 
 def final_check(context, bucket_pass: keys.BucketPass, key_range: KeyRange, mover, present, *,
-                since: str, record: Callable) -> dict:
+                since: str, record: Callable, mode=None) -> dict:
+    restoring = mode is not None and mode.name == "restore"
     if context.dry_run:
         return {"final_check": "skipped (dry run)"}
     if not context.use_db:
@@ -44,11 +47,13 @@ def final_check(context, bucket_pass: keys.BucketPass, key_range: KeyRange, move
     moment = datetime.fromisoformat(since) - CLOCK_MARGIN
     moved_total = 0
     for round_number in range(1, ROUNDS + 1):
-        next_moment = context.db.execute("SELECT now()").fetchone()[0] - CLOCK_MARGIN
-        found = _check_round(context, bucket_pass, key_range, mover, present, moment, record)
+        round_start = context.db.execute("SELECT now()").fetchone()[0]
+        found = _check_round(context, bucket_pass, key_range, mover, present, moment, record, restoring)
         moved_total += found
         if not found:
-            return {"final_check": "clean", "rounds": round_number, "moved_in_check": moved_total}
+            return {"final_check": "clean", "rounds": round_number, "moved_in_check": moved_total,
+                    "checked_at": round_start.isoformat()}
+        next_moment = round_start - CLOCK_MARGIN
         context.log.info("final check: %d legacy key(s) written during the run, moved; looking again", found)
         moment = next_moment
     context.report.add("legacy_appearing", f"legacy keys kept appearing after {ROUNDS} rounds of the final check: "
@@ -56,18 +61,14 @@ def final_check(context, bucket_pass: keys.BucketPass, key_range: KeyRange, move
     return {"final_check": "legacy keys keep appearing", "rounds": ROUNDS, "moved_in_check": moved_total}
 
 
-def _check_round(context, bucket_pass, key_range, mover, present, moment, record) -> int:
-    """Move the legacy keys of tasks changed since ``moment``; return how many were found."""
+def _check_round(context, bucket_pass, key_range, mover, present, moment, record, restoring: bool) -> int:
+    """Move (or, restoring, copy back) the keys of tasks changed since ``moment``; return how
+    many were found."""
     rows = context.db.execute(CHANGED_TASKS_SQL, {"unfinished": list(UNFINISHED_STATES), "since": moment}).fetchall()
     reported = _problem_keys(context.report)  # already counted as conflicts, failures...: not twice
     futures = []
     for task_id, workflow_id, run, state in rows:
-        prefixes = []
-        if bucket_pass.artifacts:
-            prefixes.append(keys.legacy_artifact_key(workflow_id, task_id, ""))
-        if bucket_pass.logs:
-            prefixes.append(keys.legacy_log_key(workflow_id, run, task_id))
-        for prefix in prefixes:
+        for prefix in _prefixes(bucket_pass, task_id, workflow_id, run, restoring):
             if not key_range.covers_prefix(prefix):
                 continue
             for page in iter_pages(context.s3, bucket_pass.bucket, prefix=prefix, key_range=key_range,
@@ -75,11 +76,26 @@ def _check_round(context, bucket_pass, key_range, mover, present, moment, record
                 states = {task_id: state}
                 for obj in page:
                     classified = keys.classify(obj.key, states, logs=bucket_pass.logs, artifacts=bucket_pass.artifacts)
-                    if classified.is_legacy and obj.key not in reported:
+                    if obj.key in reported:
+                        continue
+                    if restoring and classified.is_new and classified.task_id == task_id:
+                        target = keys.legacy_key_of(classified, workflow_id, run)
+                        futures.append(mover.submit(obj, target, check_destination=True))
+                    elif not restoring and classified.is_legacy:
                         futures.append(mover.submit(obj, classified.new_key, check_destination=present is not None))
     for future in futures:
         record(future.result())
     return len(futures)
+
+
+def _prefixes(bucket_pass, task_id: str, workflow_id: str, run: int, restoring: bool) -> list[str]:
+    """Where a task's keys are: legacy ones to move, or (restoring) new ones to copy back."""
+    prefixes = []
+    if bucket_pass.artifacts:
+        prefixes.append(keys.artifact_prefix(task_id) if restoring else keys.legacy_artifact_key(workflow_id, task_id, ""))
+    if bucket_pass.logs:
+        prefixes.append(keys.log_key(task_id) if restoring else keys.legacy_log_key(workflow_id, run, task_id))
+    return prefixes
 
 
 def _problem_keys(report) -> set[str]:

@@ -53,6 +53,10 @@ class MoveOutcome(enum.Enum):
     FAILED = "failed"
     ARCHIVED = "archived"                  # not copyable until restored
     SOURCE_GONE = "source_gone"            # deleted since the listing (by its task's cleanup, another run)
+    COPIED = "copied"                      # --phase copy: the source stays for the legacy release
+    ALREADY_COPIED = "already_copied"      # --phase copy: an identical copy was there
+    RESTORED = "restored"                  # --rollback: a new-release object copied to its legacy key
+    COPY_REMOVED = "copies_removed"        # --rollback: a copy of a legacy object, identical, removed
     WOULD_MOVE = "would_move"              # --dry-run
     WOULD_COMPLETE = "would_complete"      # --dry-run, half-done move
 
@@ -70,6 +74,22 @@ class MoveResult:
 
 
 @dataclass(frozen=True)
+class Mode:
+    """What a move is: after a fresh copy, and when the destination holds the same bytes."""
+    name: str
+    after_copy: MoveOutcome
+    delete_after_copy: bool
+    when_same: MoveOutcome
+    delete_when_same: bool
+
+
+MOVE = Mode("move", MoveOutcome.MOVED, True, MoveOutcome.HALF_DONE_COMPLETED, True)
+COPY = Mode("copy", MoveOutcome.COPIED, False, MoveOutcome.ALREADY_COPIED, False)
+# The rename's way back: the "source" is a new key, the destination its legacy key.
+RESTORE = Mode("restore", MoveOutcome.RESTORED, False, MoveOutcome.COPY_REMOVED, True)
+
+
+@dataclass(frozen=True)
 class MoverOptions:
     workers: int = 64
     multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD
@@ -77,6 +97,7 @@ class MoverOptions:
     read_limit: int = content.DEFAULT_READ_LIMIT
     inspect: str = INSPECT_AUTO
     dry_run: bool = False
+    mode: Mode = MOVE
 
 
 @dataclass(frozen=True)
@@ -207,7 +228,10 @@ class ObjectMover:
                 try:
                     version = self._copy(source, new_key, facts)
                     self.permissions.success()
-                    return _Delete(self._source_ref(source, facts, version), MoveOutcome.MOVED, new_key)
+                    mode = self.options.mode
+                    if not mode.delete_after_copy:
+                        return MoveResult(mode.after_copy, source.key, new_key)
+                    return _Delete(self._source_ref(source, facts, version), mode.after_copy, new_key)
                 except Exception as exc:  # noqa: BLE001
                     if kind_of(exc) is not Kind.PRECONDITION:  # If-None-Match lost: something is there
                         raise
@@ -275,10 +299,12 @@ class ObjectMover:
             read_both=lambda: content.read_equal(self.client, self.bucket, source.key, new_key,
                                                  first_version=facts.version_id, retrier=self.retrier))
         if verdict.same:
-            outcome = MoveOutcome.WOULD_COMPLETE if self.options.dry_run else MoveOutcome.HALF_DONE_COMPLETED
+            mode = self.options.mode
             if self.options.dry_run:
-                return MoveResult(outcome, source.key, new_key, verdict.how)
-            return _Delete(self._source_ref(source, facts, facts.version_id), outcome, new_key)
+                return MoveResult(MoveOutcome.WOULD_COMPLETE, source.key, new_key, verdict.how)
+            if not mode.delete_when_same:
+                return MoveResult(mode.when_same, source.key, new_key, verdict.how)
+            return _Delete(self._source_ref(source, facts, facts.version_id), mode.when_same, new_key)
         reason = (f"{new_key!r} exists with other content ({verdict.how})" if verdict.same is False
                   else f"{new_key!r} exists and {verdict.how}")
         return MoveResult(MoveOutcome.CONFLICT, source.key, new_key, reason)

@@ -31,13 +31,13 @@ from ponoskit.checkpoint import Checkpoint, database_identity
 from ponoskit.errors import ConfigError
 from ponoskit.s3.copy import DEFAULT_MULTIPART_THRESHOLD
 from ponoskit.s3.listing import ObjectInfo, iter_pages
-from ponoskit.schema import table_exists
+from ponoskit.schema import column_exists, table_exists
 from ponoskit.shard import Shard
-from ponoskit.tasks import UNFINISHED_STATES, task_states_of_keys
+from ponoskit.tasks import UNFINISHED_STATES, legacy_places, task_states_of_keys
 
 from . import rename_check
 from .low_water import LowWaterMark
-from .s3_mover import INSPECT_AUTO, MoveOutcome, MoverOptions, MoveResult, ObjectMover
+from .s3_mover import COPY, INSPECT_AUTO, MOVE, RESTORE, Mode, MoveOutcome, MoverOptions, MoveResult, ObjectMover
 
 # Keys left alone can number millions: the report lists the first ones and counts them all.
 LISTED_KEYS_LIMIT = 1000
@@ -45,6 +45,8 @@ LISTED_KEYS_LIMIT = 1000
 # 1,000-key delete batch so DeleteObjects requests go out full).
 MAX_IN_FLIGHT = 4000
 PROBLEMS = ("conflicts", "failed", "undecided", "archived", "legacy_appearing")
+ALL, COPY_PHASE, DELETE, ROLLBACK = "all", "copy", "delete", "rollback"
+PHASES = (ALL, COPY_PHASE, DELETE)
 
 
 @dataclass
@@ -58,7 +60,12 @@ class RenameOptions:
     inspect: str = INSPECT_AUTO
     checkpoint: Optional[str] = None
     shard: Shard = field(default_factory=Shard)
+    phase: str = ALL  # all or delete (move), copy (expand the buckets), rollback (restore legacy keys)
     progress: object = None  # (total, desc, unit) -> a tqdm-like bar; the CLI injects its own
+
+    @property
+    def mode(self) -> Mode:
+        return {ALL: MOVE, DELETE: MOVE, COPY_PHASE: COPY, ROLLBACK: RESTORE}[self.phase]
 
 
 def rename(context, options: RenameOptions) -> bool:
@@ -66,7 +73,7 @@ def rename(context, options: RenameOptions) -> bool:
     passes = keys.bucket_passes(options.artifacts_bucket, options.logs_bucket)
     report = context.report
     report.info.update(buckets=[p.bucket for p in passes], shard=str(options.shard),
-                       use_db=context.use_db, workers=options.workers,
+                       use_db=context.use_db, workers=options.workers, phase=options.phase,
                        multipart_threshold=options.multipart_threshold)
     with report.phase("preflight"):
         checkpoint, state, capabilities = preflight(context, passes, options)
@@ -79,32 +86,39 @@ def rename(context, options: RenameOptions) -> bool:
         if saver is not None:
             saver.fire_forget(_snapshot(state))
 
-    start_run(context, state, passes)
+    catch_up = start_run(context, state, passes, options)
     try:
         for bucket_pass in passes:
             bucket_state = state[bucket_pass.bucket]
             caps = capabilities[bucket_pass.bucket]
             mover_options = MoverOptions(workers=options.workers, multipart_threshold=options.multipart_threshold,
                                          part_size=options.part_size, read_limit=options.read_limit,
-                                         inspect=options.inspect, dry_run=context.dry_run)
+                                         inspect=options.inspect, dry_run=context.dry_run, mode=options.mode)
             with ObjectMover(context, bucket_pass.bucket, caps, mover_options) as mover:
                 present = None
                 if not caps.conditional_copy or context.dry_run:
                     with report.phase("scan_destinations", bucket=bucket_pass.bucket) as phase:
                         present = scan_destinations(context, bucket_pass.bucket, options.progress)
                         phase["tasks_with_new_keys"] = present.added
-                if bucket_state["complete"]:  # moved by the run this one resumes: only the check is left
-                    context.log.info("s3://%s: moved before the interruption; checking what changed since",
+                if catch_up:  # a finished copy phase before: what changed since its check is all
+                    context.log.info("s3://%s: catching up on the tasks changed since %s", bucket_pass.bucket,
+                                     bucket_state["checked_at"])
+                elif bucket_state["complete"]:  # done by the run this one resumes: only the check is left
+                    context.log.info("s3://%s: done before the interruption; checking what changed since",
                                      bucket_pass.bucket)
                     report.add("resumed_complete_buckets", bucket_pass.bucket)
                 else:
-                    with report.phase("move", bucket=bucket_pass.bucket) as phase:
+                    with report.phase(options.mode.name, bucket=bucket_pass.bucket) as phase:
                         mark = LowWaterMark(bucket_state, save)
                         phase["clean"] = move_range(context, bucket_pass, options, mover, present, mark)
                 with report.phase("final_check", bucket=bucket_pass.bucket) as phase:
-                    phase.update(rename_check.final_check(context, bucket_pass, options.shard.key_range, mover,
-                                                          present, since=bucket_state["started_at"],
-                                                          record=lambda result: record(report, result)))
+                    since = bucket_state["checked_at"] if catch_up else bucket_state["started_at"]
+                    checked = rename_check.final_check(context, bucket_pass, options.shard.key_range, mover,
+                                                       present, since=since, mode=options.mode,
+                                                       record=lambda result: record(report, result))
+                    phase.update(checked)
+                    if checked.get("checked_at") and not context.dry_run:
+                        bucket_state.update(checked_at=checked["checked_at"], complete=True)
             if saver:
                 saver.fire_and_wait(_snapshot(state))
     finally:
@@ -119,11 +133,17 @@ def _snapshot(state: dict) -> dict:
 def preflight(context, passes: list[keys.BucketPass], options: RenameOptions):
     """Check everything that could make the run fail before anything changes."""
     identity = {"job": "s3-rename", "buckets": [p.bucket for p in passes], "shard": str(options.shard),
-                "use_db": context.use_db, "endpoint": context.endpoint}
+                "use_db": context.use_db, "endpoint": context.endpoint, "phase": options.phase}
     if context.use_db:
         if not table_exists(context.db, "ponos_task"):
             raise ConfigError("the database has no ponos_task table: is --dsn the Arkindex database?")
         identity["database"] = database_identity(context.db)
+    if options.phase == ROLLBACK:
+        if not context.use_db:
+            raise ConfigError("--rollback needs the database: it finds each task's legacy keys through its workflow")
+        if not column_exists(context.db, "ponos_task", "workflow_id"):
+            raise ConfigError("--rollback: the fold's contract has run, tasks have no workflow any more, so no "
+                              "legacy key can be computed; nothing changed (see the README's Rollback)")
     checkpoint = Checkpoint(options.checkpoint, identity, validate=checkpoint_problem)
     state = checkpoint.load()
     capabilities = {p.bucket: context.bucket(p.bucket, probe=True) for p in passes}
@@ -143,23 +163,30 @@ def checkpoint_problem(state: dict) -> Optional[str]:
             return f"'after' of bucket {bucket!r} is not a key"
         if not isinstance(values.get("complete", False), bool):
             return f"'complete' of bucket {bucket!r} is not true or false"
-        started = values.get("started_at")
-        if started is not None:
-            try:
-                datetime.fromisoformat(started)
-            except (TypeError, ValueError):
-                return f"'started_at' of bucket {bucket!r} is not a time"
+        for name in ("started_at", "checked_at"):
+            moment = values.get(name)
+            if moment is not None:
+                try:
+                    datetime.fromisoformat(moment)
+                except (TypeError, ValueError):
+                    return f"'{name}' of bucket {bucket!r} is not a time"
     return None
 
 
-def start_run(context, state: dict, passes: list[keys.BucketPass]) -> None:
-    """Resume the run the checkpoint holds, or start a new one.
+def start_run(context, state: dict, passes: list[keys.BucketPass], options: RenameOptions) -> bool:
+    """Resume the run the checkpoint holds, or start a new one; True for a copy phase's catch-up.
 
     A run that finished leaves nothing to skip (legacy keys may have been written since): the
-    next one lists every key again. An interrupted run resumes each bucket where it stopped; a
-    bucket it had finished gets its final check again, over what changed since its pass began.
+    next one lists every key again, except after a finished copy phase, when the next copy
+    run only catches up: the database says which tasks changed since its check, and only
+    their legacy keys are looked up. An interrupted run resumes each bucket where it stopped;
+    a bucket it had finished gets its final check again, over what changed since it began.
     """
-    if state and all(state.get(p.bucket, {}).get("complete") for p in passes):
+    finished = bool(state) and all(state.get(p.bucket, {}).get("complete") for p in passes)
+    if finished and options.phase == COPY_PHASE and all(state[p.bucket].get("checked_at") for p in passes):
+        context.report.info["catch_up"] = True
+        return True
+    if finished:
         context.log.info("the last run finished; this run checks every key again")
         state.clear()
     for bucket_pass in passes:
@@ -170,6 +197,7 @@ def start_run(context, state: dict, passes: list[keys.BucketPass]) -> None:
             context.report.info.setdefault("resumed", {})[bucket_pass.bucket] = current.get("after")
         else:
             state[bucket_pass.bucket] = {"after": None, "complete": False, "started_at": _now(context)}
+    return False
 
 
 def _now(context) -> str:
@@ -220,17 +248,20 @@ def move_range(context, bucket_pass: keys.BucketPass, options: RenameOptions, mo
     try:
         listing = iter_pages(context.s3, bucket_pass.bucket, start_after=mark.state["after"],
                              key_range=options.shard.key_range, retrier=context.retrier)
+        restoring = options.mode is RESTORE
         for page in listing:
             page = [obj for obj in page if not keys.is_canary(obj.key)]  # another shard's probe, for a moment
             if not page:
                 continue
             states = task_states(context, page)
+            places = legacy_places(context.db, states) if restoring else {}
             futures, decided = [], True
             for obj in page:
                 found = keys.classify(obj.key, states, logs=bucket_pass.logs, artifacts=bucket_pass.artifacts)
-                if found.is_legacy:
-                    futures.append(mover.submit(obj, found.new_key,
-                                                check_destination=needs_check(found, states, present)))
+                target = restore_target(found, places) if restoring else (found.new_key if found.is_legacy else None)
+                if target is not None:
+                    futures.append(mover.submit(obj, target, check_destination=restoring or
+                                                needs_check(found, states, present)))
                 else:
                     decided &= record_left_alone(report, found)
             report.count("scanned", len(page))
@@ -248,6 +279,13 @@ def move_range(context, bucket_pass: keys.BucketPass, options: RenameOptions, mo
     finally:
         if bar is not None:
             bar.close()
+
+
+def restore_target(found: keys.Classified, places: dict) -> Optional[str]:
+    """--rollback: the legacy key a new-layout object of a known task goes back to."""
+    if not found.is_new or found.task_id not in places:
+        return None
+    return keys.legacy_key_of(found, *places[found.task_id])
 
 
 def resume_point(page: list[ObjectInfo]) -> Optional[str]:
@@ -279,6 +317,8 @@ def record_left_alone(report, found: keys.Classified) -> bool:
     """Count a key the rename keeps; False when it may be legacy but could not be decided."""
     if found.is_new:
         report.count("new_layout")
+    elif found.is_legacy:
+        report.count("legacy_layout")  # --rollback: the legacy keys stay where they are
     elif found.kind is keys.Kind.UNDECIDED:
         report.add("undecided", found.key, limit=LISTED_KEYS_LIMIT)
         return False

@@ -173,7 +173,13 @@ def _error_or_truncated(body: bytes) -> bool:
     root = _XML_ROOT.match(body[:1024])
     if root is None:
         return True  # not XML at all: what botocore's parse would have failed on
-    return root[1] == b"Error" or not body.rstrip().endswith(b"</" + root[1] + b">")
+    if root[1] == b"Error":
+        return True
+    end = body.rstrip()
+    if end.endswith(b"</" + root[1] + b">"):
+        return False
+    # An empty root element, <VersioningConfiguration/>, closes itself.
+    return not (end.endswith(b"/>") and b">" not in body[root.end():len(end) - 2])
 
 
 def _handle_200_error(operation_model, response_dict, **_):

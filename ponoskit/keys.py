@@ -178,6 +178,17 @@ def classify(key: str, known_tasks: Collection[str] | None, *, logs: bool = True
     return Classified(key, Kind.NEW_ARTIFACT, first)
 
 
+def legacy_key_of(found: Classified, workflow_id: str, run: int) -> Optional[str]:
+    """Where a new-layout object of a task lived (or lives again, for a rollback) in the
+    legacy layout: ``<task>/<path>`` -> ``<workflow>/<task>/<path>``, ``<task>.log`` ->
+    ``<workflow>/run_<N>/<task>.log``."""
+    if found.kind is Kind.NEW_LOG:
+        return legacy_log_key(workflow_id, run, found.task_id)
+    if found.kind is Kind.NEW_ARTIFACT:
+        return legacy_artifact_key(workflow_id, found.task_id, found.key.split("/", 1)[1])
+    return None
+
+
 def top_level_task(entry: str) -> Optional[str]:
     """The task id a top-level listing entry (``<uuid>/`` prefix or ``<uuid>.log``) may belong to."""
     if entry.endswith("/") and is_uuid(entry[:-1]):

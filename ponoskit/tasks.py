@@ -59,3 +59,14 @@ def delete_tasks(conn: psycopg.Connection, task_ids: Iterable) -> dict[str, int]
     """Delete tasks with their dependent rows; return the row counts by kind."""
     ids = list(task_ids)
     return {name: conn.execute(sql, {"ids": ids}).rowcount for name, sql in DELETE_TASKS_SQL.items()}
+
+
+def legacy_places(conn: psycopg.Connection, task_ids: Iterable[str]) -> dict[str, tuple[str, int]]:
+    """Task id -> (workflow id, run): where its objects live in the legacy layout. Only while
+    ``ponos_task.workflow_id`` exists (before the fold's contract)."""
+    ids = sorted(set(task_ids))
+    if not ids:
+        return {}
+    rows = conn.execute("SELECT id::text, workflow_id::text, run FROM ponos_task "
+                        "WHERE id = ANY(%s::uuid[]) AND workflow_id IS NOT NULL", (ids,))
+    return {task: (workflow, run) for task, workflow, run in rows}

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from ponoskit import keys
+from ponoskit.s3.listing import timestamp
 from ponoskit.seed import SeedSpec
 from tests.conftest import list_keys
 from tests.test_cleanup_fixtures import Folded, expected_state, maint_command, make_folded, run_cli  # noqa: F401
@@ -391,14 +392,13 @@ def test_rename_sigkill_20_times_then_resume_is_exact(rename_case, proxy, s3_env
     # The probe's second canary waits at the proxy: the first kill lands inside the preflight.
     held = proxy.add("hook", action=lambda: time.sleep(2), operations=("PutObject",), key=keys.CANARY_PREFIX,
                      after=1, times=1)
-    copies_before = moves.fired
 
     def in_probe(proc):
         wait_until(proc, lambda: held.fired)
         time.sleep(0.1)
 
     def mid_move(proc):
-        wait_until(proc, lambda: moves.fired >= copies_before + 50)
+        wait_until(proc, lambda: moves.fired >= 50)
 
     def after_each(run) -> dict:
         if run["code"] != -signal.SIGKILL:
@@ -426,8 +426,16 @@ def test_rename_sigkill_20_times_then_resume_is_exact(rename_case, proxy, s3_env
     for role in ("artifacts", "logs"):  # the rename's own work, exact
         assert_moved(case.before[role], {k: v for k, v in after[role].items() if not keys.is_canary(k)},
                      case.moves[role])
-    # ...and nothing else in the buckets: a killed probe's canaries must not stay behind.
-    assert left_behind == {"artifacts": [], "logs": []}, left_behind
+    # ...and nothing else in the buckets but the canaries of killed probes young enough to
+    # be another shard's live probe: the next run past CANARY_MAX_AGE removes them
+    # (test_s3_production.test_canaries_of_killed_probes_are_swept_once_stale).
+    from ponoskit.s3.capabilities import CANARY_MAX_AGE
+    for role, stray in left_behind.items():
+        bucket = case.buckets[role]
+        for key in stray:
+            modified = timestamp(case.s3.head_object(Bucket=bucket, Key=key)["LastModified"])
+            age = datetime.now(timezone.utc) - modified
+            assert age < CANARY_MAX_AGE, (key, age)
 
 
 def test_cleanup_sigkill_20_times_then_resume_is_exact(folded_large, proxy, run_cli, tmp_path):

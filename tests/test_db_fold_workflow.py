@@ -298,7 +298,7 @@ def test_orphan_tasks_deleted_on_request_with_their_s3_keys_reported(twins, tmp_
 def test_schema_neither_legacy_nor_folded_is_refused(make_database):
     empty = make_database(schema=None)
     result = fold(empty)
-    assert result.exit_code == 1 and "neither" in result.stderr
+    assert result.exit_code == 2 and "neither" in result.stderr  # the wrong database: configuration
 
     odd = seeded_database(make_database, processes=3, seed=1)
     with connect(odd) as conn:  # half-folded by someone else: process_id added as text
@@ -642,7 +642,8 @@ def test_the_application_keeps_reading_and_writing_during_the_fold(twins, keep):
     time.sleep(0.3)
     fold_running.set()
     try:
-        result = fold(ours, "--batch-size", "50", *(["--keep-workflow-table"] if keep else []))
+        # Small batches: the fold lasts long enough for the application to do real work meanwhile.
+        result = fold(ours, "--batch-size", "10", *(["--keep-workflow-table"] if keep else []))
     finally:
         fold_running.clear()
         time.sleep(0.3)

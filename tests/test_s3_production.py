@@ -266,7 +266,7 @@ def test_a_source_keeps_its_own_kms_key(seeded, run, s3_implementation):
 def test_sustained_slowdown_slows_the_run_and_never_fails_it(seeded, run, fault_proxy):
     artifacts_before, logs_before = state_of(seeded)
     moves = expected_moves(seeded["dsn"], artifacts_before, logs_before)
-    fault_proxy.add("slowdown", probability=0.4, operations=("CopyObject", "DeleteObjects", "HeadObject"), after=5)
+    fault_proxy.add("slowdown", probability=0.25, operations=("CopyObject", "DeleteObjects", "HeadObject"), after=5)
 
     code, report, stderr = run("--endpoint-url", fault_proxy.endpoint, "--workers", "16")
 
@@ -469,3 +469,22 @@ def test_a_200_carrying_an_error_or_cut_short_is_retried_not_believed(seeded, ru
     s3 = seeded["ctx"].s3
     assert_moved(artifacts_before, list_keys(s3, seeded["artifacts"]), moves["artifacts"])
     assert_moved(logs_before, list_keys(s3, seeded["logs"]), moves["logs"])
+
+
+def test_canaries_of_killed_probes_are_swept_once_stale(seeded, run, monkeypatch):
+    from datetime import timedelta
+
+    from ponoskit.s3 import capabilities
+    s3 = seeded["ctx"].s3
+    left = [f"{capabilities.CANARY_PREFIX}killed-run/a", f"{capabilities.CANARY_PREFIX}killed-run/Ünï b.txt"]
+    for key in left:
+        s3.put_object(Bucket=seeded["artifacts"], Key=key, Body=b"canary of a killed probe")
+    assert run("--dry-run")[0] == 0
+    assert all(key in list_keys(s3, seeded["artifacts"]) for key in left)  # young: maybe another shard's
+
+    monkeypatch.setattr(capabilities, "CANARY_MAX_AGE", timedelta(0))  # as if ten minutes had passed
+    code, report, _ = run()
+
+    assert code == 0, report
+    assert not [k for k in list_keys(s3, seeded["artifacts"]) if k.startswith(capabilities.CANARY_PREFIX)]
+    assert report["counts"].get("unrecognized", 0) == 4  # the seed's own; canaries are never counted

@@ -413,3 +413,37 @@ def test_the_lean_parse_gives_what_botocore_gives_for_the_fields_the_jobs_read(o
             if field not in read["Contents"]:
                 del item[field]
     assert ours == theirs
+
+
+def test_slots_go_first_come_first_served_so_busy_workers_never_starve_another_thread():
+    limiter = AdaptiveLimiter(2)
+    stop = threading.Event()
+
+    def busy():
+        while not stop.is_set():
+            with limiter.slot():
+                time.sleep(0.001)
+    workers = [threading.Thread(target=busy) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.05)
+    started = time.monotonic()
+    with limiter.slot():
+        waited = time.monotonic() - started
+    stop.set()
+    for worker in workers:
+        worker.join()
+    assert waited < 0.5  # a few milliseconds: it was next in line
+
+
+@pytest.mark.parametrize("body, bad", [
+    (b'<?xml version="1.0"?>\n<ListBucketResult xmlns="x"><Name>b</Name></ListBucketResult>', False),
+    (b'<?xml version="1.0"?>\n<ListBucketResult xmlns="x"><Name>b</Na', True),
+    (b'<?xml version="1.0"?><Error><Code>InternalError</Code></Error>', True),
+    (b'<?xml version="1.0" encoding="UTF-8"?>\n<VersioningConfiguration xmlns="x"/>', False),
+    (b"<CopyObjectResult><ETag>x</ETag></CopyObjectResult>\n", False),
+    (b"not xml", True),
+], ids=["whole", "cut-short", "error", "empty-root", "copy", "garbage"])
+def test_a_200_body_is_an_error_when_it_says_so_or_is_cut_short(body, bad):
+    from ponoskit.connections import _error_or_truncated
+    assert _error_or_truncated(body) is bad

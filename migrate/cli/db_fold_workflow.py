@@ -6,15 +6,15 @@ import sys
 
 import click
 
-from ponoskit.cli import (EXIT_OK, dsn_option, init_logging, parse_duration, progress, run_job, run_options,
-                          writing_report)
+from ponoskit.cli import (EXIT_OK, Duration, dsn_option, init_logging, job_report, parse_duration, progress, run_job,
+                          run_options, writing_report)
 from ponoskit.connections import describe_dsn
 from ponoskit.context import Context
 from ponoskit.errors import ConfigError
-from ponoskit.report import Report
 
-from migrate.db_fold_workflow import (KEPT_WORKFLOW_TABLE, ORPHANS_DELETE, ORPHANS_REFUSE, FoldOptions, FoldPlan,
-                                      LockPolicy, fold_workflows, plan_fold)
+from migrate.db_fold_workflow import (KEPT_WORKFLOW_TABLE, ORPHANS_DELETE, ORPHANS_REFUSE, PHASES, FoldOptions,
+                                      FoldPlan, LockPolicy, fold_workflows, plan_fold, rollback_fold)
+from migrate.fold import django_migrations
 
 JOB = "db-fold-workflow"
 
@@ -40,7 +40,7 @@ def _print_plan(plan: FoldPlan, database: str, batch_size: int, out) -> None:
          f"{counts.get('tasks', 0)} tasks; batches of {batch_size} rows.")
     for number, step in enumerate(plan.steps, 1):
         rows = f", {step.rows} rows" if step.rows else ""
-        echo(f"{number:>3}. {step.phase}  [{'to do' if step.pending else 'already done'}{rows}]")
+        echo(f"{number:>3}. {step.step}  [{'to do' if step.pending else 'already done'}{rows}]")
         if step.pending:
             for statement in step.sql:
                 echo("       " + "\n       ".join(statement.rstrip(";").splitlines()) + ";")
@@ -62,35 +62,62 @@ def _print_plan(plan: FoldPlan, database: str, batch_size: int, out) -> None:
               show_default=True,
               help="Workflows no process points at, and their tasks: refuse to fold (ids listed), or delete "
                    "those tasks with their artifacts and parent links (S3 keys listed in the report).")
+@click.option("--phase", type=click.Choice(PHASES), default="all", show_default=True,
+              help="expand: everything but the drop (both releases work on it, for a rolling deploy); contract: "
+                   "verify and drop the legacy shape (after the deploy; no way back); all: both, in one go.")
+@click.option("--rollback", is_flag=True,
+              help="Undo the expand (triggers, new columns, indexes, constraints), keeping every row written "
+                   "meanwhile in the shape the legacy release reads. Refused after the contract.")
+@click.option("--record-django-migration", nargs=2, default=None, metavar="APP NAME",
+              help="In the contract's transaction, record the new release's migration as applied in "
+                   "django_migrations (refused if the table is missing or the row exists).")
+@click.option("--max-replica-lag", type=Duration(), default=None, metavar="DURATION",
+              help="Between backfill batches, wait while a streaming replica replays more than this behind "
+                   "(pg_stat_replication; needs pg_monitor).")
+@click.option("--pause-file", type=click.Path(dir_okay=False), default=None,
+              help="While this file exists the backfill waits between batches (so does kill -USR1; -USR2 resumes).")
 @run_options
 @run_job
-def command(dsn, batch_size, lock_timeout, lock_retries, keep_workflow_table, orphans, dry_run, report_path,
-            verbosity, quiet, log_format) -> int:
+def command(dsn, batch_size, lock_timeout, lock_retries, keep_workflow_table, orphans, phase, rollback,
+            record_django_migration, max_replica_lag, pause_file, dry_run, report_path, verbosity, quiet,
+            log_format) -> int:
     """Fold workflows into processes, online: the application keeps running.
 
     \b
-    Adds process_process.farm_id/started/finished and ponos_task.process_id, copies them in
-    batches, builds indexes and constraints without blocking writes, verifies, then drops
-    ponos_task.workflow_id, process_process.workflow_id and ponos_workflow.
+    --phase expand   adds process_process.farm_id/started/finished and ponos_task.process_id,
+                     keeps both shapes in step with triggers (old and new release at once),
+                     copies in batches, builds indexes and constraints without blocking writes,
+                     verifies. Undone by --rollback.
+    --phase contract verifies, then drops ponos_task.workflow_id, process_process.workflow_id
+                     and ponos_workflow. No way back (see the README).
     Resumable: run it again after any interruption. Exit 0 done (or already done), 1 refused or
-    failed (see the report), 2 bad usage or configuration, 3 another fold is running.
+    failed (see the report), 2 bad usage or configuration, 3 another fold is running, 75 the
+    database went away (run again).
     """
     init_logging(verbosity, quiet, log_format)
-    report = Report(JOB, dry_run=dry_run)
+    if rollback and phase != "all":
+        raise click.UsageError("--rollback undoes the expand: give it without --phase")
+    report = job_report(JOB, dry_run=dry_run)
     options = FoldOptions(batch_size=batch_size, keep_workflow_table=keep_workflow_table, orphans=orphans,
-                          lock=LockPolicy(timeout=lock_timeout, attempts=lock_retries))
+                          lock=LockPolicy(timeout=lock_timeout, attempts=lock_retries), phase=phase,
+                          django_migration=django_migrations.parse(record_django_migration),
+                          max_replica_lag=max_replica_lag, pause_file=pause_file)
     with writing_report(report, report_path):
         with Context(job=JOB, dsn=dsn, dry_run=dry_run, report=report) as ctx:
             database = describe_dsn(ctx.dsn)
             report.info["database"] = database
             if dry_run:
-                plan = plan_fold(ctx, options)
+                plan = plan_fold(ctx, options, rollback=rollback)
                 # Keep stdout clean for the JSON report when it goes there.
                 _print_plan(plan, database, batch_size, sys.stderr if report_path == "-" else sys.stdout)
                 if plan.refusal is not None:
                     raise plan.refusal
+            elif rollback:
+                rollback_fold(ctx, options, progress=progress)
+                ctx.log.info("%s: rolled back to the legacy shape", database)
             else:
                 fold_workflows(ctx, options, progress=progress)
                 if not report.info.get("already_folded"):
-                    ctx.log.info("%s: folded", database)
+                    ctx.log.info("%s: %s", database, {"all": "folded", "expand": "expanded",
+                                                       "contract": "contracted"}[phase])
     return EXIT_OK

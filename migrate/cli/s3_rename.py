@@ -11,7 +11,7 @@ from ponoskit.context import Context
 from ponoskit.shard import Shard
 
 from ..s3_mover import INSPECT_ALWAYS, INSPECT_AUTO
-from ..s3_rename import PROBLEMS, RenameOptions, rename
+from ..s3_rename import ALL, PHASES, PROBLEMS, ROLLBACK, RenameOptions, rename
 
 
 @click.command("s3-rename")
@@ -39,11 +39,18 @@ from ..s3_rename import PROBLEMS, RenameOptions, rename
               help="Progress file: a killed run resumes from it. One per shard.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Handle the I-th of N disjoint key ranges (0-based), e.g. a Kubernetes Indexed Job.")
+@click.option("--phase", type=click.Choice(PHASES), default=ALL, show_default=True,
+              help="copy: copy every legacy object to its new key and keep it (both releases find it; run again "
+                   "to catch up); delete: move what is left and delete each source whose copy is the same; "
+                   "all: move everything now (copy + delete).")
+@click.option("--rollback", is_flag=True,
+              help="Before the fold's contract: copy what the new release wrote at new keys to the legacy keys "
+                   "its tasks map to, and remove copies identical to their legacy object.")
 @run_options
 @run_job
 def command(artifacts_bucket, logs_bucket, endpoint_url, profile, retry_deadline, dsn, no_db, workers, max_rps,
-            multipart_threshold, part_size, inspect_sources, compare_read_limit, checkpoint, shard, dry_run, report_path, verbosity, quiet,
-            log_format):
+            multipart_threshold, part_size, inspect_sources, compare_read_limit, checkpoint, shard, phase, rollback,
+            dry_run, report_path, verbosity, quiet, log_format):
     """Move legacy artifacts and logs to their new keys, server-side.
 
     \b
@@ -58,7 +65,9 @@ def command(artifacts_bucket, logs_bucket, endpoint_url, profile, retry_deadline
     usage or configuration (nothing changed), 75 when S3 or PostgreSQL kept failing (run again).
     """
     init_logging(verbosity, quiet, log_format)
-    options = RenameOptions(artifacts_bucket=artifacts_bucket, logs_bucket=logs_bucket, workers=workers,
+    if rollback and phase != ALL:
+        raise click.UsageError("--rollback undoes the copy: give it without --phase")
+    options = RenameOptions(phase=ROLLBACK if rollback else phase,artifacts_bucket=artifacts_bucket, logs_bucket=logs_bucket, workers=workers,
                             multipart_threshold=multipart_threshold, part_size=part_size,
                             read_limit=compare_read_limit, inspect=inspect_sources,
                             checkpoint=checkpoint, shard=Shard.parse(shard), progress=progress)
@@ -78,7 +87,8 @@ def command(artifacts_bucket, logs_bucket, endpoint_url, profile, retry_deadline
 
 def summarize(context) -> None:
     counts = context.report.counts
-    names = ("would_move", "would_complete") if context.dry_run else ("moved", "already_moved")
+    names = ("would_move", "would_complete") if context.dry_run else (
+        "moved", "already_moved", "copied", "already_copied", "restored", "copies_removed")
     names += (*PROBLEMS, "orphan_legacy", "unrecognized", "new_layout", "source_gone", "scanned")
     context.log.info("s3-rename%s: %s", " (dry run)" if context.dry_run else "",
                      ", ".join(f"{name} {counts[name]}" for name in names))

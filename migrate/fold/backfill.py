@@ -24,7 +24,7 @@ SHOWN_IDS = 20
 
 
 @dataclass(frozen=True)
-class Backfill:
+class BackfillSpec:
     name: str
     table: str  # keyed by its uuid primary key "id"
     alias: str  # the table's alias in update_sql
@@ -41,7 +41,7 @@ class Backfill:
         return [self.batch_sql(), self.fix_sql]
 
 
-TASKS = Backfill(
+TASKS = BackfillSpec(
     name="ponos_task.process_id",
     table="ponos_task",
     alias="t",
@@ -59,7 +59,7 @@ TASKS = Backfill(
  WHERE p.workflow_id = t.workflow_id AND t.id = ANY(%(ids)s::uuid[])""",
 )
 
-PROCESSES = Backfill(
+PROCESSES = BackfillSpec(
     name="process_process.farm_id/started/finished",
     table="process_process",
     alias="p",
@@ -82,7 +82,7 @@ PROCESSES = Backfill(
 )
 
 # --keep-workflow-table: the kept table remembers the process each workflow became.
-WORKFLOW_MAPPING = Backfill(
+WORKFLOW_MAPPING = BackfillSpec(
     name="ponos_workflow.process_id",
     table="ponos_workflow",
     alias="w",
@@ -104,12 +104,12 @@ class ProcessLost(Refused):
     """Tasks whose workflow lost its process during the fold: orphans, for the next preflight."""
 
 
-def todo(conn: psycopg.Connection, backfill: Backfill) -> int:
+def todo(conn: psycopg.Connection, backfill: BackfillSpec) -> int:
     return conn.execute(backfill.todo_sql).fetchone()[0]
 
 
-def run(ddl: Ddl, backfill: Backfill, batch_size: int,
-        on_batch: Callable[[int], None] = lambda n: None) -> int:
+def run(ddl: Ddl, backfill: BackfillSpec, batch_size: int,
+        on_batch: Callable[[int], None] = lambda n: None, before_batch: Callable[[], None] = lambda: None) -> int:
     """Walk the key from the first row still to do; then sweep. Returns the rows updated."""
     conn = ddl.conn
     bounded, open_ended = backfill.batch_sql(True), backfill.batch_sql(False)
@@ -118,6 +118,7 @@ def run(ddl: Ddl, backfill: Backfill, batch_size: int,
     first = conn.execute(backfill.first_todo_sql).fetchone()
     lo = first[0] if first else None
     while lo is not None:
+        before_batch()  # the throttle: replicas catching up, an operator's pause
         row = conn.execute(next_key_sql, {"lo": lo, "n": batch_size}).fetchone()
         hi: Optional[object] = row[0] if row else None
         sql, params = (bounded, {"lo": lo, "hi": hi}) if hi is not None else (open_ended, {"lo": lo})
@@ -128,7 +129,7 @@ def run(ddl: Ddl, backfill: Backfill, batch_size: int,
     return updated + sweep(ddl, backfill, on_batch)
 
 
-def sweep(ddl: Ddl, backfill: Backfill, on_batch: Callable[[int], None] = lambda n: None) -> int:
+def sweep(ddl: Ddl, backfill: BackfillSpec, on_batch: Callable[[int], None] = lambda n: None) -> int:
     """Fix every row the key walk left wrong; refuse rows that have nothing to be set from."""
     conn = ddl.conn
     fixed = 0

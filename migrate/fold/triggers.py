@@ -1,10 +1,26 @@
-"""Keep the new columns in step with what the (legacy) application writes during the fold.
+"""Keep both shapes of the data in step while two releases write them (the expanded schema).
 
-The backfill copies rows that exist when it passes; these triggers cover the rest: a task
-inserted or re-pointed at a workflow, a process that starts (gets its workflow), a workflow that
-finishes. They are installed before the backfill and dropped in the same transaction as the
-old columns, so no write is ever missed. Django saves every column on ``save()``, so
-``UPDATE OF workflow_id`` fires on most updates: the functions are cheap, idempotent lookups.
+From the expand until the contract, the legacy release (workflows) and the new one
+(processes own their tasks) may run side by side, pods of both during a rolling deploy.
+Each writes only the columns its models know; these triggers fill in the other shape:
+
+legacy writes                                  new-release writes
+  a task with workflow_id -> its process_id      a task with process_id, no workflow_id -> the
+  a process gets a workflow -> farm, started,      workflow of its process (created if the process
+    finished; its tasks get process_id              has none yet), so the legacy NOT NULL holds
+  a workflow finishes (or moves farm) -> its     a process starts (farm_id, started set, no
+    process's finished (farm)                      workflow) -> a workflow for it, with the same
+                                                   farm, start and end; later changes follow
+
+A workflow created for the new release takes the process's own id: unique (process ids are
+random UUIDs), and found again without a lookup table. A process started without a farm
+gets the first farm's id on its workflow (the legacy model requires one).
+
+Django saves every column of its model on ``save()``, so column-specific triggers see each
+release's writes and only them: ``UPDATE OF workflow_id`` fires on legacy saves, ``UPDATE OF
+farm_id, started, finished`` on new-release saves. Changes the triggers make themselves run
+one level deeper (``pg_trigger_depth() > 1``) and are not synced back, so nothing loops.
+Every function is idempotent and cheap (primary-key lookups).
 """
 
 from __future__ import annotations
@@ -32,26 +48,64 @@ class SyncTrigger:
         return [f"DROP TRIGGER IF EXISTS {self.name} ON {self.table}", f"DROP FUNCTION IF EXISTS {self.name}()"]
 
 
+# The workflow of a process, made for it if it has none (a new-release process).
+WORKFLOW_OF_FUNCTION = "ponos_fold_workflow_of"
+WORKFLOW_OF_SQL = f"""CREATE OR REPLACE FUNCTION {WORKFLOW_OF_FUNCTION}(process uuid) RETURNS uuid
+LANGUAGE plpgsql AS $fold$
+DECLARE
+    found_workflow uuid;
+    p record;
+BEGIN
+    SELECT workflow_id INTO found_workflow FROM process_process WHERE id = process;
+    IF found_workflow IS NOT NULL THEN
+        RETURN found_workflow;  -- the usual case: no lock taken
+    END IF;
+    SELECT * INTO p FROM process_process WHERE id = process FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;  -- the foreign key on process_id says what is wrong
+    END IF;
+    IF p.workflow_id IS NOT NULL THEN
+        RETURN p.workflow_id;  -- made meanwhile by another transaction
+    END IF;
+    INSERT INTO ponos_workflow (id, farm_id, created, updated, finished)
+    VALUES (p.id, coalesce(p.farm_id, (SELECT id FROM ponos_farm ORDER BY id LIMIT 1)),
+            coalesce(p.started, now()), now(), p.finished)
+    ON CONFLICT (id) DO NOTHING;
+    UPDATE process_process SET workflow_id = p.id WHERE id = p.id AND workflow_id IS NULL;
+    RETURN p.id;
+END
+$fold$"""
+DROP_WORKFLOW_OF_SQL = f"DROP FUNCTION IF EXISTS {WORKFLOW_OF_FUNCTION}(uuid)"
+
 TASK_SYNC = SyncTrigger(
-    "ponos_fold_sync_task", "ponos_task", "BEFORE INSERT OR UPDATE OF workflow_id",
-    """    -- A task written during the fold belongs to the process of its workflow.
-    IF TG_OP = 'UPDATE' OR NEW.process_id IS NULL THEN
+    "ponos_fold_sync_task", "ponos_task", "BEFORE INSERT OR UPDATE OF workflow_id, process_id",
+    f"""    IF NEW.workflow_id IS NOT NULL
+       AND (TG_OP = 'INSERT' OR NEW.workflow_id IS DISTINCT FROM OLD.workflow_id) THEN
+        -- A legacy write: the task belongs to the process of its workflow (none yet when the
+        -- legacy release inserts a workflow's tasks before pointing the process at it).
         SELECT p.id INTO NEW.process_id FROM process_process p WHERE p.workflow_id = NEW.workflow_id;
+    ELSIF NEW.process_id IS NOT NULL
+       AND (NEW.workflow_id IS NULL OR TG_OP = 'UPDATE' AND NEW.process_id IS DISTINCT FROM OLD.process_id) THEN
+        -- A new-release write: legacy readers find it through the workflow of its process.
+        NEW.workflow_id := {WORKFLOW_OF_FUNCTION}(NEW.process_id);
     END IF;
     RETURN NEW;""")
 
 PROCESS_SYNC = SyncTrigger(
     "ponos_fold_sync_process", "process_process", "BEFORE INSERT OR UPDATE OF workflow_id",
-    """    -- A process copies farm, start and end from its workflow; without one, all three are NULL.
+    """    IF pg_trigger_depth() > 1 THEN
+        RETURN NEW;  -- a workflow made for a new-release process: the process already says it all
+    END IF;
+    -- A legacy write: the process copies farm, start and end from its workflow.
     IF NEW.workflow_id IS NOT NULL THEN
         SELECT w.farm_id, w.created, w.finished INTO NEW.farm_id, NEW.started, NEW.finished
           FROM ponos_workflow w WHERE w.id = NEW.workflow_id;
-    ELSIF TG_OP = 'UPDATE' THEN
-        NEW.farm_id := NULL; NEW.started := NULL; NEW.finished := NULL;
+    ELSIF TG_OP = 'UPDATE' AND OLD.workflow_id IS NOT NULL THEN
+        NEW.farm_id := NULL; NEW.started := NULL; NEW.finished := NULL;  -- its workflow was taken away
     END IF;
     RETURN NEW;""")
 
-# The application may create a workflow's tasks before the process points at the workflow.
+# The legacy release may create a workflow's tasks before the process points at the workflow.
 _PROCESS_TASKS_BODY = """    IF NEW.workflow_id IS NOT NULL AND (TG_OP = 'INSERT' OR NEW.workflow_id IS DISTINCT FROM OLD.workflow_id) THEN
         UPDATE ponos_task SET process_id = NEW.id
          WHERE workflow_id = NEW.workflow_id AND process_id IS DISTINCT FROM NEW.id;
@@ -74,16 +128,50 @@ def process_tasks_sync(keep_mapping: bool) -> SyncTrigger:
         _PROCESS_TASKS_BODY.format(keep=_KEEP_MAPPING if keep_mapping else ""))
 
 
+PROCESS_TO_WORKFLOW = SyncTrigger(
+    "ponos_fold_sync_process_workflow", "process_process", "AFTER INSERT OR UPDATE OF farm_id, started, finished",
+    f"""    IF pg_trigger_depth() > 1 THEN
+        RETURN NULL;  -- our own triggers' changes: already in step
+    END IF;
+    IF NEW.workflow_id IS NULL THEN
+        IF NEW.started IS NOT NULL THEN
+            PERFORM {WORKFLOW_OF_FUNCTION}(NEW.id);  -- a new-release process started: legacy pods see it
+        END IF;
+    ELSE
+        UPDATE ponos_workflow w
+           SET farm_id = coalesce(NEW.farm_id, w.farm_id), created = coalesce(NEW.started, w.created),
+               finished = NEW.finished, updated = now()
+         WHERE w.id = NEW.workflow_id
+           AND (w.farm_id, w.created, w.finished)
+               IS DISTINCT FROM (coalesce(NEW.farm_id, w.farm_id), coalesce(NEW.started, w.created), NEW.finished);
+    END IF;
+    RETURN NULL;""")
+
 WORKFLOW_SYNC = SyncTrigger(
     "ponos_fold_sync_workflow", "ponos_workflow", "AFTER UPDATE OF farm_id, created, finished",
-    """    -- A workflow that finishes (or moves farm) during the fold updates its process.
+    """    IF pg_trigger_depth() > 1 THEN
+        RETURN NULL;  -- the process told us: it knows
+    END IF;
+    -- A workflow that finishes (or moves farm) in the legacy release updates its process.
     UPDATE process_process SET farm_id = NEW.farm_id, started = NEW.created, finished = NEW.finished
      WHERE workflow_id = NEW.id
        AND (farm_id, started, finished) IS DISTINCT FROM (NEW.farm_id, NEW.created, NEW.finished);
     RETURN NULL;""")
 
+# Names of every trigger any version of the fold installed (a rollback and a contract drop all).
+ALL_NAMES = {TASK_SYNC.name: TASK_SYNC.table, PROCESS_SYNC.name: PROCESS_SYNC.table,
+             "ponos_fold_sync_process_tasks": "process_process", PROCESS_TO_WORKFLOW.name: PROCESS_TO_WORKFLOW.table,
+             WORKFLOW_SYNC.name: WORKFLOW_SYNC.table}
+
 
 def all_triggers(conn) -> list[SyncTrigger]:
     """The triggers of this fold; the mapping variant once the kept table has its column."""
     keep_mapping = column(conn, "ponos_workflow", "process_id") is not None
-    return [TASK_SYNC, PROCESS_SYNC, process_tasks_sync(keep_mapping), WORKFLOW_SYNC]
+    return [TASK_SYNC, PROCESS_SYNC, process_tasks_sync(keep_mapping), PROCESS_TO_WORKFLOW, WORKFLOW_SYNC]
+
+
+def drop_all_sql() -> list[str]:
+    """Every trigger and function the fold installs, gone (each statement idempotent)."""
+    return [s for name, table in ALL_NAMES.items()
+            for s in (f"DROP TRIGGER IF EXISTS {name} ON {table}", f"DROP FUNCTION IF EXISTS {name}()")] + \
+        [DROP_WORKFLOW_OF_SQL]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
 from typing import Optional
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -28,6 +29,9 @@ from .errors import Kind, S3PermissionError, kind_of, one_line
 # A key with everything obstore releases before 0.9.4 percent-encoded in copies.
 AWKWARD_NAME = "Ünï cødé a+b%20c#d?e~[x]{y}.txt"
 UNKNOWN = "unknown"
+# A probe deletes its canaries when it ends; one killed meanwhile leaves them. The next probe
+# removes what is older than this (younger ones may be another shard's probe, still running).
+CANARY_MAX_AGE = timedelta(minutes=10)
 
 
 @dataclass
@@ -94,6 +98,8 @@ def probe(client, bucket: str, capabilities: BucketCapabilities, *, make_store, 
     def put(key: str, body: bytes) -> None:
         answer = call("PutObject", client.put_object, Bucket=bucket, Key=key, Body=body)
         written.append((key, answer.get("VersionId")))
+
+    sweep_stale_canaries(client, bucket, capabilities)
 
     def note_version(key: str) -> None:
         head = client.head_object(Bucket=bucket, Key=key)
@@ -163,6 +169,31 @@ def probe(client, bucket: str, capabilities: BucketCapabilities, *, make_store, 
         capabilities.probed = True
     finally:
         _remove(client, bucket, written, capabilities)
+
+
+def sweep_stale_canaries(client, bucket: str, capabilities: BucketCapabilities) -> int:
+    """Delete the canaries of probes killed before they could (older than CANARY_MAX_AGE)."""
+    from ..errors import PonosError
+    from .listing import iter_objects, timestamp
+    cutoff = datetime.now(timezone.utc) - CANARY_MAX_AGE
+    try:
+        stale = [obj.key for obj in iter_objects(client, bucket, prefix=CANARY_PREFIX)
+                 if timestamp(obj.last_modified) < cutoff]
+    except PonosError as exc:  # housekeeping: never what stops a run
+        capabilities.notes.append(f"could not look for stale canaries: {exc}")
+        return 0
+    versions = []
+    if stale and capabilities.versioned:
+        try:
+            for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=CANARY_PREFIX):
+                versions += [(v["Key"], v["VersionId"]) for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+                             if v["Key"] in set(stale)]
+        except (ClientError, BotoCoreError):
+            pass
+    _remove(client, bucket, [(key, None) for key in stale] + versions, capabilities)
+    if stale:
+        capabilities.notes.append(f"removed {len(stale)} canary object(s) an interrupted run left behind")
+    return len(stale)
 
 
 def _remove(client, bucket: str, written: list[tuple[str, Optional[str]]], capabilities: BucketCapabilities) -> None:

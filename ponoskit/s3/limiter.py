@@ -7,6 +7,9 @@ little (additive increase, about +1 per window of successes), a throttle halves 
 One limiter serves every worker of a run, boto3 and obstore paths alike, so the whole run
 slows down instead of each worker failing on its own. ``max_rps`` adds a ceiling on requests
 per second for buckets that production traffic also uses.
+
+Slots go first come, first served: a released slot is handed to the longest waiter, so 64 busy
+copy workers never starve the one thread that lists the next page or flushes the deletes.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import deque
 from typing import Callable, Iterator, Optional
 
 
@@ -28,7 +32,8 @@ class AdaptiveLimiter:
         self._clock = clock
         self._window = float(maximum)
         self._in_use = 0
-        self._cond = threading.Condition()
+        self._cond = threading.Lock()
+        self._waiters: deque[threading.Event] = deque()
         self._last_cut = float("-inf")
         self._next_start = 0.0  # the rate ceiling's schedule
         self.throttles = 0  # throttle answers seen
@@ -41,12 +46,24 @@ class AdaptiveLimiter:
 
     def acquire(self) -> None:
         with self._cond:
-            while self._in_use >= self.window:
-                self._cond.wait()
-            self._in_use += 1
+            if self._in_use < self.window and not self._waiters:
+                self._in_use += 1
+                waiter = None
+            else:
+                waiter = threading.Event()
+                self._waiters.append(waiter)
+        if waiter is not None:
+            waiter.wait()  # the slot is ours once set: _grant counted it
+        with self._cond:
             wait = self._rate_wait()
         if wait > 0:
             time.sleep(wait)
+
+    def _grant(self) -> None:
+        """Hand free slots to the longest waiters (called under the lock)."""
+        while self._waiters and self._in_use < self.window:
+            self._in_use += 1
+            self._waiters.popleft().set()
 
     def _rate_wait(self) -> float:
         """With max_rps, when this request may start (called under the lock)."""
@@ -60,7 +77,7 @@ class AdaptiveLimiter:
     def release(self) -> None:
         with self._cond:
             self._in_use -= 1
-            self._cond.notify()
+            self._grant()
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
@@ -75,7 +92,7 @@ class AdaptiveLimiter:
             before = self.window
             self._window = min(float(self.maximum), self._window + 1.0 / self._window)
             if self.window > before:
-                self._cond.notify_all()
+                self._grant()
 
     def throttled(self) -> None:
         """S3 said slow down: halve the window, once per cooldown."""

@@ -1,4 +1,9 @@
-"""Phases that move data: orphans, new columns, sync triggers, backfills, the kept mapping, verify."""
+"""Steps that move data: orphans, new columns, sync triggers, backfills, the kept mapping, verify.
+
+Each one the expand adds can be taken away by the rollback (``undo``): the new columns and
+triggers go; the legacy columns were never touched, and every row either release wrote
+meanwhile already has them filled (the triggers saw to it).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +11,10 @@ from typing import Any
 
 from . import backfill, catalog, orphans, triggers, verify
 from .job import ORPHANS_DELETE, Job
-from .phase import Phase
+from .step import Step
 
 
-class DeleteOrphans(Phase):
+class DeleteOrphans(Step):
     name = "delete_orphans"
 
     def applies(self, job: Job) -> bool:
@@ -34,7 +39,7 @@ NEW_COLUMNS = [("process_process", "farm_id", "uuid NULL"), ("process_process", 
                ("process_process", "finished", "timestamptz NULL"), ("ponos_task", "process_id", "uuid NULL")]
 
 
-class AddColumns(Phase):
+class AddColumns(Step):
     """Nullable columns without default: a catalog change, the lock lasts milliseconds."""
     name = "add_columns"
 
@@ -55,25 +60,48 @@ class AddColumns(Phase):
         for statement in self.sql(job):
             job.ddl.execute("add columns", statement)
 
+    def present(self, job: Job) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for table, column, _ in NEW_COLUMNS:
+            if catalog.column(job.conn, table, column) is not None:
+                found.setdefault(table, []).append(f"DROP COLUMN IF EXISTS {column}")
+        return found
 
-class InstallSyncTriggers(Phase):
+    def undo_pending(self, job: Job) -> bool:
+        return bool(self.present(job))
+
+    def undo_sql(self, job: Job) -> list[str]:
+        return [f"ALTER TABLE {table} {', '.join(drops)}" for table, drops in self.present(job).items()]
+
+
+class InstallSyncTriggers(Step):
     name = "install_sync_triggers"
 
     def pending(self, job: Job) -> bool:
         return not all(catalog.trigger_exists(job.conn, t.table, t.name) for t in triggers.all_triggers(job.conn))
 
     def sql(self, job: Job) -> list[str]:
-        return [s for t in triggers.all_triggers(job.conn) for s in (t.create_function_sql(), t.create_trigger_sql())]
+        return [triggers.WORKFLOW_OF_SQL, *[s for t in triggers.all_triggers(job.conn)
+                                            for s in (t.create_function_sql(), t.create_trigger_sql())]]
 
     def run(self, job: Job, record: dict[str, Any]) -> None:
+        job.ddl.execute(f"create function {triggers.WORKFLOW_OF_FUNCTION}", triggers.WORKFLOW_OF_SQL)
         for trigger in triggers.all_triggers(job.conn):
             job.ddl.execute(f"create function {trigger.name}", trigger.create_function_sql())  # no table lock
             if not catalog.trigger_exists(job.conn, trigger.table, trigger.name):
                 job.ddl.execute(f"create trigger {trigger.name}", trigger.create_trigger_sql())
 
+    def undo_pending(self, job: Job) -> bool:
+        return (any(catalog.trigger_exists(job.conn, table, name) for name, table in triggers.ALL_NAMES.items())
+                or any(catalog.function_exists(job.conn, name)
+                       for name in (*triggers.ALL_NAMES, triggers.WORKFLOW_OF_FUNCTION)))
 
-class Backfill(Phase):
-    def __init__(self, name: str, source: backfill.Backfill, unit: str):
+    def undo_sql(self, job: Job) -> list[str]:
+        return triggers.drop_all_sql()
+
+
+class Backfill(Step):
+    def __init__(self, name: str, source: backfill.BackfillSpec, unit: str):
         self.name, self.source, self.unit = name, source, unit
 
     def _columns_exist(self, job: Job) -> bool:
@@ -97,11 +125,12 @@ class Backfill(Phase):
 
     def run(self, job: Job, record: dict[str, Any]) -> None:
         with job.bar(backfill.todo(job.conn, self.source), f"backfill {self.source.name}", self.unit) as bar:
-            record["rows"] = backfill.run(job.ddl, self.source, job.options.batch_size, bar.update)
+            record["rows"] = backfill.run(job.ddl, self.source, job.options.batch_size, bar.update,
+                                          before_batch=job.wait_for_replicas)
         job.ctx.report.count(f"backfilled_{self.source.table}", record["rows"])
 
 
-class KeepWorkflowMapping(Phase):
+class KeepWorkflowMapping(Step):
     """--keep-workflow-table: the kept table gets process_id, so a rollback can find its way back."""
     name = "keep_workflow_mapping"
     add_column_sql = "ALTER TABLE ponos_workflow ADD COLUMN IF NOT EXISTS process_id uuid NULL"
@@ -128,10 +157,24 @@ class KeepWorkflowMapping(Phase):
         mapping = triggers.process_tasks_sync(True)
         job.ddl.execute(f"replace function {mapping.name}", mapping.create_function_sql())
         with job.bar(backfill.todo(job.conn, backfill.WORKFLOW_MAPPING), "map kept workflows", "workflow") as bar:
-            record["rows"] = backfill.run(job.ddl, backfill.WORKFLOW_MAPPING, job.options.batch_size, bar.update)
+            record["rows"] = backfill.run(job.ddl, backfill.WORKFLOW_MAPPING, job.options.batch_size, bar.update,
+                                          before_batch=job.wait_for_replicas)
+
+    def undo_pending(self, job: Job) -> bool:
+        return catalog.column(job.conn, "ponos_workflow", "process_id") is not None
+
+    def undo(self, job: Job, record: dict[str, Any]) -> None:
+        # The trigger function first (it writes the column), back to its plain variant.
+        if catalog.function_exists(job.conn, "ponos_fold_sync_process_tasks"):
+            plain = triggers.process_tasks_sync(False)
+            job.ddl.execute(f"replace function {plain.name}", plain.create_function_sql())
+        job.ddl.execute("drop ponos_workflow.process_id", "ALTER TABLE ponos_workflow DROP COLUMN IF EXISTS process_id")
+
+    def undo_sql(self, job: Job) -> list[str]:
+        return ["ALTER TABLE ponos_workflow DROP COLUMN IF EXISTS process_id"]
 
 
-class Verify(Phase):
+class Verify(Step):
     name = "verify"
 
     def pending(self, job: Job) -> bool:

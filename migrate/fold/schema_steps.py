@@ -1,7 +1,8 @@
-"""Phases that change the schema: indexes, constraints, the drop, NOT NULL.
+"""Steps that change the schema: indexes, constraints, the drop, NOT NULL.
 
-Indexes are built CONCURRENTLY and constraints added NOT VALID then validated, so none of
-them holds a lock the application queues behind for longer than a catalog change.
+Indexes are built (and, for a rollback, dropped) CONCURRENTLY and constraints added NOT VALID
+then validated, so none of them holds a lock the application queues behind for longer than a
+catalog change. The drop is the contract: the one step with no way back.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from psycopg import errors as pg_errors
 
 from ponoskit import schema
 
-from . import catalog, triggers, verify
+from . import catalog, django_migrations, triggers, verify
 from .job import KEPT_WORKFLOW_TABLE, Job
-from .phase import Phase, add_constraint_sql, ensure_constraint, ensure_index
+from .step import Step, add_constraint_sql, drop_index, ensure_constraint, ensure_index
 
 TASK_PROCESS_NOT_NULL_CHECK = "ponos_task_process_id_not_null"
 NOT_NULL_CHECK = "CHECK (process_id IS NOT NULL)"
@@ -23,7 +24,7 @@ NULL_PROCESS_SQL = "SELECT id FROM ponos_task WHERE process_id IS NULL LIMIT %(l
 DROP_LOCK_SQL = "LOCK TABLE ponos_task, process_process, ponos_workflow IN ACCESS EXCLUSIVE MODE"
 
 
-class CreateIndex(Phase):
+class CreateIndex(Step):
     def __init__(self, name: str, index: str, create_sql: str):
         self.name, self.index, self.create_sql = name, index, create_sql
 
@@ -37,8 +38,17 @@ class CreateIndex(Phase):
     def run(self, job: Job, record: dict[str, Any]) -> None:
         ensure_index(job, self.index, self.create_sql)
 
+    def undo_pending(self, job: Job) -> bool:
+        return catalog.index(job.conn, self.index) is not None
 
-class AddConstraint(Phase):
+    def undo_sql(self, job: Job) -> list[str]:
+        return [f"DROP INDEX CONCURRENTLY IF EXISTS {self.index}"]
+
+    def undo(self, job: Job, record: dict[str, Any]) -> None:
+        drop_index(job, self.index)
+
+
+class AddConstraint(Step):
     def __init__(self, name: str, table: str, constraint: str, definition: str):
         self.name, self.table, self.constraint, self.definition = name, table, constraint, definition
 
@@ -52,8 +62,14 @@ class AddConstraint(Phase):
     def run(self, job: Job, record: dict[str, Any]) -> None:
         ensure_constraint(job, self.table, self.constraint, self.definition)
 
+    def undo_pending(self, job: Job) -> bool:
+        return catalog.constraint(job.conn, self.table, self.constraint) is not None
 
-class UniqueProcessRunSlug(Phase):
+    def undo_sql(self, job: Job) -> list[str]:
+        return [f"ALTER TABLE {self.table} DROP CONSTRAINT IF EXISTS {self.constraint}"]
+
+
+class UniqueProcessRunSlug(Step):
     """A unique index built CONCURRENTLY, then adopted by the constraint (a catalog change)."""
     name = "unique_process_run_slug"
     index_sql = (f"CREATE UNIQUE INDEX CONCURRENTLY {schema.TASK_UNIQUE_PROCESS_RUN_SLUG} "
@@ -75,8 +91,21 @@ class UniqueProcessRunSlug(Phase):
                 f"(process_id, run, slug) is not unique: {' '.join(str(exc).split())}; nothing dropped") from None
         job.ddl.execute("adopt the unique index", self.constraint_sql)
 
+    def undo_pending(self, job: Job) -> bool:
+        return (catalog.constraint(job.conn, "ponos_task", schema.TASK_UNIQUE_PROCESS_RUN_SLUG) is not None
+                or catalog.index(job.conn, schema.TASK_UNIQUE_PROCESS_RUN_SLUG) is not None)
 
-class DropWorkflow(Phase):
+    def undo_sql(self, job: Job) -> list[str]:
+        return [f"ALTER TABLE ponos_task DROP CONSTRAINT IF EXISTS {schema.TASK_UNIQUE_PROCESS_RUN_SLUG}",
+                f"DROP INDEX CONCURRENTLY IF EXISTS {schema.TASK_UNIQUE_PROCESS_RUN_SLUG}"]
+
+    def undo(self, job: Job, record: dict[str, Any]) -> None:
+        if catalog.constraint(job.conn, "ponos_task", schema.TASK_UNIQUE_PROCESS_RUN_SLUG) is not None:
+            job.ddl.execute("drop the unique constraint", self.undo_sql(job)[0])  # drops its index too
+        drop_index(job, schema.TASK_UNIQUE_PROCESS_RUN_SLUG)  # a leftover of an interrupted build
+
+
+class DropWorkflow(Step):
     """One short transaction: the sync triggers, both workflow_id columns, the table.
 
     Under its lock nothing can write, so it also makes sure (through the process_id index, at
@@ -96,10 +125,13 @@ class DropWorkflow(Phase):
         """The statements that drop the workflow, run under DROP_LOCK_SQL in one transaction."""
         last = (f"ALTER TABLE ponos_workflow RENAME TO {KEPT_WORKFLOW_TABLE}" if job.options.keep_workflow_table
                 else "DROP TABLE ponos_workflow")
-        return [*[s for t in triggers.all_triggers(job.conn) for s in t.drop_sql()],
+        django = []
+        if job.options.django_migration:
+            django = [django_migrations.RECORD_SQL]
+        return [*triggers.drop_all_sql(),
                 f"ALTER TABLE ponos_task ADD CONSTRAINT {TASK_PROCESS_NOT_NULL_CHECK} {NOT_NULL_CHECK} NOT VALID",
                 "ALTER TABLE ponos_task DROP COLUMN workflow_id",
-                "ALTER TABLE process_process DROP COLUMN workflow_id", last]
+                "ALTER TABLE process_process DROP COLUMN workflow_id", last, *django]
 
     def run(self, job: Job, record: dict[str, Any]) -> None:
         changes = self.changes(job)
@@ -112,14 +144,15 @@ class DropWorkflow(Phase):
                     f"task(s) without a process appeared since the verification: "
                     f"{', '.join(lost[:verify.SHOWN_IDS])}; nothing dropped; run again (the preflight lists them)")
             for statement in changes:
-                conn.execute(statement)
+                conn.execute(statement, django_migrations.params(job.options.django_migration)
+                             if statement == django_migrations.RECORD_SQL else None)
 
         job.ddl.transaction("drop the workflow columns and table", drop)
         with job.ddl.patient():  # fresh planner statistics for the new columns; blocks no query
             job.ddl.execute("analyze", ANALYZE_SQL)
 
 
-class TaskProcessNotNull(Phase):
+class TaskProcessNotNull(Step):
     """After the drop: VALIDATE the CHECK the drop added, SET NOT NULL (no scan: PG 12+), drop it.
 
     Not before the drop: the legacy application inserts a workflow's tasks before it points

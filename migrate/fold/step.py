@@ -1,7 +1,9 @@
-"""What a phase of the fold is, and the two DDL moves most phases make.
+"""What a step of the fold is, and the two DDL moves most steps make and unmake.
 
-A phase has a ``plan`` (what --dry-run prints: SQL and row counts), ``pending`` (the catalog
-check that makes a re-run safe) and ``run``.
+A step has a ``plan`` (what --dry-run prints: SQL and row counts), ``pending`` (the catalog
+check that makes a re-run safe: is it done?) and ``run`` (do it); a step the expand adds also
+knows how to take itself away again (``undo_pending`` and ``undo``), which is what the
+rollback runs, in reverse order.
 """
 
 from __future__ import annotations
@@ -16,17 +18,17 @@ from .job import Job
 
 
 @dataclass
-class Step:
-    phase: str
+class Plan:
+    step: str
     pending: bool
     sql: list[str] = field(default_factory=list)
     rows: Optional[int] = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "pending": self.pending, "rows": self.rows, "sql": self.sql}
+        return {"phase": self.step, "pending": self.pending, "rows": self.rows, "sql": self.sql}
 
 
-class Phase:
+class Step:
     name = ""
 
     def applies(self, job: Job) -> bool:
@@ -41,12 +43,28 @@ class Phase:
     def rows(self, job: Job) -> Optional[int]:
         return None
 
-    def plan(self, job: Job) -> Step:
+    def plan(self, job: Job) -> Plan:
         pending = self.pending(job)
-        return Step(self.name, pending, self.sql(job), self.rows(job) if pending else 0)
+        return Plan(self.name, pending, self.sql(job), self.rows(job) if pending else 0)
 
     def run(self, job: Job, record: dict[str, Any]) -> None:
         raise NotImplementedError
+
+    # --- the way back (rollback) ------------------------------------------------------
+    def undo_pending(self, job: Job) -> bool:
+        """Whether something of this step is there to take away (False: nothing to undo)."""
+        return False
+
+    def undo_sql(self, job: Job) -> list[str]:
+        return []
+
+    def undo(self, job: Job, record: dict[str, Any]) -> None:
+        for statement in self.undo_sql(job):
+            job.ddl.execute(f"undo {self.name}", statement)
+
+    def undo_plan(self, job: Job) -> Plan:
+        pending = self.undo_pending(job)
+        return Plan(f"undo {self.name}", pending, self.undo_sql(job) if pending else [])
 
 
 def ensure_index(job: Job, name: str, create_sql: str) -> None:
@@ -62,6 +80,12 @@ def ensure_index(job: Job, name: str, create_sql: str) -> None:
 
     with job.ddl.patient():
         job.ddl.retry(f"create index {name}", attempt)
+
+
+def drop_index(job: Job, name: str) -> None:
+    """DROP INDEX CONCURRENTLY: writes go on meanwhile."""
+    with job.ddl.patient():
+        job.ddl.execute(f"drop index {name}", f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
 
 
 def ensure_constraint(job: Job, table: str, name: str, definition: str) -> None:
