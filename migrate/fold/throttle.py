@@ -3,9 +3,11 @@
 A backfill writes as fast as the primary takes it; streaming replicas replay that WAL
 behind it, and a replica that falls minutes behind serves stale reads (or, with
 ``hot_standby_feedback``, holds vacuum back). With ``--max-replica-lag``, before each batch
-the fold reads ``pg_stat_replication`` on the primary and waits while any replica's replay lag
-(or, when it has not replayed recent WAL at all, the time since it last did) is above the
-limit. An operator pauses a run without killing it: ``--pause-file`` (while that file exists)
+the fold reads ``pg_stat_replication`` on the primary and waits while any replica is more
+than the limit behind. ``replay_lag`` alone is not enough: a replica whose replay is paused or
+stuck keeps showing the last lag it measured. So the throttle also remembers when the
+primary's WAL reached which position (it samples it before each batch): a replica whose
+replay position is still before the WAL written at time T is at least ``now - T`` behind. An operator pauses a run without killing it: ``--pause-file`` (while that file exists)
 or ``kill -USR1`` (pause) / ``kill -USR2`` (resume). Each wait is logged (once a minute) and
 counted in the report.
 """
@@ -16,22 +18,17 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from typing import Callable, Optional
 
 import psycopg
 
 from ponoskit.errors import ConfigError
 
-# The lag of each replica: replay_lag when the replica reports it; when it is behind the
-# primary's WAL but has no recent lag sample (its replay is paused or stuck), how long ago
-# the primary last heard of a replay, which keeps growing while it stays behind.
-LAG_SQL = """
-SELECT coalesce(max(CASE
-         WHEN pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn) > 0 AND replay_lag IS NULL
-           THEN extract(epoch FROM now() - reply_time)
-         ELSE extract(epoch FROM coalesce(replay_lag, interval '0')) END), 0)::float8,
-       count(*)
-  FROM pg_stat_replication"""
+NOW_SQL = "SELECT pg_current_wal_lsn()::text"
+REPLICAS_SQL = """SELECT replay_lsn::text, coalesce(extract(epoch FROM replay_lag), 0)::float8
+  FROM pg_stat_replication WHERE replay_lsn IS NOT NULL"""
+HISTORY_SECONDS = 3600.0
 CAN_READ_SQL = "SELECT pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER') OR " \
                "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
 
@@ -44,12 +41,16 @@ class Throttle:
         self.poll, self._sleep = poll, sleep
         self.paused_by_signal = threading.Event()
         self._last_log = 0.0
+        self._history: deque[tuple[float, int]] = deque()  # (monotonic time, primary WAL position)
 
     def check(self) -> None:
-        """Refuse now what would make the lag unreadable later (exit 2)."""
-        if self.max_lag is not None and not self.conn.execute(CAN_READ_SQL).fetchone()[0]:
+        """Refuse now what would make the lag unreadable later (exit 2); start the WAL history."""
+        if self.max_lag is None:
+            return
+        if not self.conn.execute(CAN_READ_SQL).fetchone()[0]:
             raise ConfigError("--max-replica-lag: the role cannot read replication lag (grant it pg_monitor or "
                               "pg_read_all_stats); nothing changed")
+        self.lag()
 
     def install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -58,7 +59,17 @@ class Throttle:
         signal.signal(signal.SIGUSR2, lambda *_: self.paused_by_signal.clear())
 
     def lag(self) -> float:
-        return self.conn.execute(LAG_SQL).fetchone()[0]
+        """Seconds the most lagging replica is behind (0 without replicas)."""
+        now = time.monotonic()
+        self._history.append((now, _lsn(self.conn.execute(NOW_SQL).fetchone()[0])))
+        while self._history and self._history[0][0] < now - HISTORY_SECONDS:
+            self._history.popleft()
+        worst = 0.0
+        for replay, replay_lag in self.conn.execute(REPLICAS_SQL).fetchall():
+            replayed = _lsn(replay)
+            behind_since = next((at for at, lsn in self._history if lsn > replayed), None)
+            worst = max(worst, replay_lag, now - behind_since if behind_since is not None else 0.0)
+        return worst
 
     def reason(self) -> Optional[str]:
         if self.paused_by_signal.is_set():
@@ -89,3 +100,9 @@ class Throttle:
             waited = time.monotonic() - started
             self.report.count("backfill_paused_ms", int(waited * 1000))
             self.log.info("backfill resumed after %.1fs", waited)
+
+
+def _lsn(text: str) -> int:
+    """A WAL position (X/Y) as a number."""
+    high, low = text.split("/")
+    return (int(high, 16) << 32) + int(low, 16)
