@@ -19,6 +19,7 @@ from . import connections
 from .buffer import BatchBuffer
 from .errors import AlreadyRunning, FlushError
 from .hooks import Transaction
+from .pgsession import require_session
 from .report import Report
 from .s3 import capabilities
 from .s3.capabilities import BucketCapabilities
@@ -59,6 +60,7 @@ class Context:
     @contextlib.contextmanager
     def advisory_lock(self, key: int, what: str) -> Iterator[None]:
         """Hold a session-level advisory lock, or raise AlreadyRunning at once."""
+        require_session(self.db)
         got = self.db.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0]
         if not got:
             raise AlreadyRunning(f"another {what} is running (advisory lock {key} is held)")

@@ -357,7 +357,7 @@ def after_first_request(proxy, delay: float):
 def kill_again_and_again(command: list[str], env: dict, tmp_path, proxy, *, kills: int, seed: int, after_each,
                          first_triggers=(), max_starts: int = 60) -> list[dict]:
     """SIGKILL ``command`` once at each of ``first_triggers`` (chosen moments), then ``kills``
-    times at random, 0.2-1.5 s after its first S3 request (a seeded random); every start
+    times at random, 0.15-0.9 s after its first S3 request (a seeded random); every start
     resumes what the killed ones left. ``after_each(run)`` checks the state between two starts
     and returns what it saw. One entry per start; code -9: killed."""
     rng = random.Random(seed)
@@ -368,7 +368,7 @@ def kill_again_and_again(command: list[str], env: dict, tmp_path, proxy, *, kill
         if chosen:
             what, trigger = chosen.pop(0)
         else:
-            delay = rng.uniform(0.2, 1.5)
+            delay = rng.uniform(0.15, 0.9)
             what, trigger = round(delay, 2), after_first_request(proxy, delay)
         code, log = run_killed(command, env, tmp_path / f"run-{len(runs)}.log", trigger)
         run = {"when": what, "code": code, "log": log}

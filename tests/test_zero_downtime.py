@@ -24,7 +24,7 @@ from ponoskit import keys, schema, seed
 from tests.conftest import list_keys
 from tests.workload import LEGACY, NEW, Ledger, Worker
 
-STEP_SECONDS = 1.5
+STEP_SECONDS = 1.0
 
 
 @pytest.fixture
