@@ -100,6 +100,13 @@ WORKFLOW_MAPPING = BackfillSpec(
 )
 
 
+def _backfilling(conn: psycopg.Connection) -> psycopg.Connection:
+    """Tell the sync triggers this transaction is the backfill: what it writes is already in
+    step with the legacy columns (it is copied from them), nothing to sync back."""
+    conn.execute("SET LOCAL ponos.fold_backfill = 'on'")
+    return conn
+
+
 class ProcessLost(Refused):
     """Tasks whose workflow lost its process during the fold: orphans, for the next preflight."""
 
@@ -122,7 +129,7 @@ def run(ddl: Ddl, backfill: BackfillSpec, batch_size: int,
         row = conn.execute(next_key_sql, {"lo": lo, "n": batch_size}).fetchone()
         hi: Optional[object] = row[0] if row else None
         sql, params = (bounded, {"lo": lo, "hi": hi}) if hi is not None else (open_ended, {"lo": lo})
-        count = ddl.transaction(f"backfill {backfill.name}", lambda c: c.execute(sql, params).rowcount)
+        count = ddl.transaction(f"backfill {backfill.name}", lambda c: _backfilling(c).execute(sql, params).rowcount)
         updated += count
         on_batch(count)
         lo = hi
@@ -145,7 +152,7 @@ def sweep(ddl: Ddl, backfill: BackfillSpec, on_batch: Callable[[int], None] = la
             return fixed
         ids = [key for key, _ in rows]
         count = ddl.transaction(f"backfill {backfill.name} (sweep)",
-                                lambda c: c.execute(backfill.fix_sql, {"ids": ids}).rowcount)
+                                lambda c: _backfilling(c).execute(backfill.fix_sql, {"ids": ids}).rowcount)
         if count == 0:  # rows that stay wrong after their fix: a bug, not something to loop on
             raise Refused(f"backfill {backfill.name}: {len(ids)} row(s) cannot be set right, "
                           f"first {ids[0]}; nothing dropped")

@@ -20,7 +20,9 @@ Django saves every column of its model on ``save()``, so column-specific trigger
 release's writes and only them: ``UPDATE OF workflow_id`` fires on legacy saves, ``UPDATE OF
 farm_id, started, finished`` on new-release saves. Changes the triggers make themselves run
 one level deeper (``pg_trigger_depth() > 1``) and are not synced back, so nothing loops.
-Every function is idempotent and cheap (primary-key lookups).
+The backfill marks its own transactions (``SET LOCAL ponos.fold_backfill``): what it writes is
+copied from the legacy columns, and the triggers let it through untouched. Every function is
+idempotent and cheap (primary-key lookups).
 """
 
 from __future__ import annotations
@@ -79,7 +81,10 @@ DROP_WORKFLOW_OF_SQL = f"DROP FUNCTION IF EXISTS {WORKFLOW_OF_FUNCTION}(uuid)"
 
 TASK_SYNC = SyncTrigger(
     "ponos_fold_sync_task", "ponos_task", "BEFORE INSERT OR UPDATE OF workflow_id, process_id",
-    f"""    IF NEW.workflow_id IS NOT NULL
+    f"""    IF current_setting('ponos.fold_backfill', true) = 'on' THEN
+        RETURN NEW;  -- the backfill copies from the legacy columns: nothing to sync
+    END IF;
+    IF NEW.workflow_id IS NOT NULL
        AND (TG_OP = 'INSERT' OR NEW.workflow_id IS DISTINCT FROM OLD.workflow_id) THEN
         -- A legacy write: the task belongs to the process of its workflow (none yet when the
         -- legacy release inserts a workflow's tasks before pointing the process at it).
@@ -130,8 +135,8 @@ def process_tasks_sync(keep_mapping: bool) -> SyncTrigger:
 
 PROCESS_TO_WORKFLOW = SyncTrigger(
     "ponos_fold_sync_process_workflow", "process_process", "AFTER INSERT OR UPDATE OF farm_id, started, finished",
-    f"""    IF pg_trigger_depth() > 1 THEN
-        RETURN NULL;  -- our own triggers' changes: already in step
+    f"""    IF pg_trigger_depth() > 1 OR current_setting('ponos.fold_backfill', true) = 'on' THEN
+        RETURN NULL;  -- our own triggers' changes, or the backfill's: already in step
     END IF;
     IF NEW.workflow_id IS NULL THEN
         IF NEW.started IS NOT NULL THEN
