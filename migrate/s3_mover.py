@@ -35,10 +35,12 @@ from typing import Optional, Union
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ponoskit.s3 import content
+from ponoskit.s3.bill import Bill
 from ponoskit.workers import WorkerPool
 from ponoskit.s3.capabilities import BucketCapabilities
 from ponoskit.s3.copy import (ARCHIVE_CLASSES, DEFAULT_MULTIPART_THRESHOLD, OBSTORE_MAX_SIZE, SourceFacts,
-                              copy_object, head_facts, multipart_copy, normalize_etag, obstore_can_copy, obstore_copy)
+                              copy_object, head_facts, multipart_copy, normalize_etag, obstore_can_copy, obstore_copy,
+                              part_ranges)
 from ponoskit.s3.delete import ObjectDeleteError, ObjectRef, delete_buffer
 from ponoskit.s3.errors import Kind, S3PermissionError, kind_of, one_line
 from ponoskit.s3.listing import ObjectInfo
@@ -97,6 +99,7 @@ class MoverOptions:
     read_limit: int = content.DEFAULT_READ_LIMIT
     inspect: str = INSPECT_AUTO
     dry_run: bool = False
+    bill: Optional[Bill] = None  # --dry-run: the requests the real run would make
     mode: Mode = MOVE
 
 
@@ -316,7 +319,26 @@ class ObjectMover:
             settled = self._settle_existing(source, new_key, facts, self._head(new_key))
             if isinstance(settled, MoveResult):
                 return settled
+        self._bill(source, facts, check_destination)
         return MoveResult(MoveOutcome.WOULD_MOVE, source.key, new_key)
+
+    def _bill(self, source: ObjectInfo, facts: Optional[SourceFacts], check_destination: bool) -> None:
+        """--dry-run: the requests the real move of ``source`` makes (see _try_move)."""
+        bill = self.options.bill
+        if bill is None:
+            return
+        size = facts.size if facts else source.size
+        large = size > self.options.multipart_threshold
+        heads = int(self._needs_inspection(source)) + int(not self.guarded and (check_destination or large))
+        if heads:
+            bill.add("HEAD", heads)
+        doubled = 0 if self.options.mode.delete_after_copy else size
+        if large:
+            bill.add("COPY", len(part_ranges(size, self.options.part_size)), copied=size,
+                     doubled=doubled)  # UploadPartCopy
+            bill.add("PUT", 2)  # CreateMultipartUpload, CompleteMultipartUpload
+        else:
+            bill.add("COPY", copied=size, doubled=doubled)
 
     def _head(self, key: str) -> Optional[SourceFacts]:
         try:

@@ -27,9 +27,12 @@ from typing import Iterable, Optional
 
 from ponoskit import keys
 from ponoskit.bloom import UUIDBloomFilter
+from ponoskit.budget import RuntimeBudget
 from ponoskit.checkpoint import Checkpoint, database_identity
-from ponoskit.errors import ConfigError
+from ponoskit.errors import ConfigError, OutOfTime
+from ponoskit.s3.bill import Bill
 from ponoskit.s3.copy import DEFAULT_MULTIPART_THRESHOLD
+from ponoskit.s3.delete import MAX_KEYS_PER_REQUEST
 from ponoskit.s3.listing import ObjectInfo, iter_pages
 from ponoskit.schema import column_exists, table_exists
 from ponoskit.shard import Shard
@@ -62,6 +65,9 @@ class RenameOptions:
     shard: Shard = field(default_factory=Shard)
     phase: str = ALL  # all or delete (move), copy (expand the buckets), rollback (restore legacy keys)
     progress: object = None  # (total, desc, unit) -> a tqdm-like bar; the CLI injects its own
+    budget: RuntimeBudget = field(default_factory=lambda: RuntimeBudget(None))  # --max-runtime
+    prices: Optional[dict] = None  # --dry-run's bill (ponoskit.s3.bill); None: AWS list prices
+    bill: Optional[Bill] = None  # filled by a dry run
 
     @property
     def mode(self) -> Mode:
@@ -72,6 +78,7 @@ def rename(context, options: RenameOptions) -> bool:
     """Run the rename; True when every legacy key in scope is at its new key (exit 0)."""
     passes = keys.bucket_passes(options.artifacts_bucket, options.logs_bucket)
     report = context.report
+    report.expect("scanned")
     report.info.update(buckets=[p.bucket for p in passes], shard=str(options.shard),
                        use_db=context.use_db, workers=options.workers, phase=options.phase,
                        multipart_threshold=options.multipart_threshold)
@@ -87,18 +94,22 @@ def rename(context, options: RenameOptions) -> bool:
             saver.fire_forget(_snapshot(state))
 
     catch_up = start_run(context, state, passes, options)
+    bill = options.bill = Bill() if context.dry_run else None
     try:
         for bucket_pass in passes:
             bucket_state = state[bucket_pass.bucket]
             caps = capabilities[bucket_pass.bucket]
             mover_options = MoverOptions(workers=options.workers, multipart_threshold=options.multipart_threshold,
                                          part_size=options.part_size, read_limit=options.read_limit,
-                                         inspect=options.inspect, dry_run=context.dry_run, mode=options.mode)
+                                         inspect=options.inspect, dry_run=context.dry_run, mode=options.mode,
+                                         bill=bill)
+            moves_before = report.counts[MoveOutcome.WOULD_MOVE.value]
             with ObjectMover(context, bucket_pass.bucket, caps, mover_options) as mover:
                 present = None
                 if not caps.conditional_copy or context.dry_run:
                     with report.phase("scan_destinations", bucket=bucket_pass.bucket) as phase:
-                        present = scan_destinations(context, bucket_pass.bucket, options.progress)
+                        present = scan_destinations(context, bucket_pass.bucket, options.progress,
+                                                    bill if not caps.conditional_copy else None)
                         phase["tasks_with_new_keys"] = present.added
                 if catch_up:  # a finished copy phase before: what changed since its check is all
                     context.log.info("s3://%s: catching up on the tasks changed since %s", bucket_pass.bucket,
@@ -111,6 +122,8 @@ def rename(context, options: RenameOptions) -> bool:
                     with report.phase(options.mode.name, bucket=bucket_pass.bucket) as phase:
                         mark = LowWaterMark(bucket_state, save)
                         phase["clean"] = move_range(context, bucket_pass, options, mover, present, mark)
+                if options.budget.spent():
+                    break  # the moves in flight are settled and the mark saved: the next run resumes
                 with report.phase("final_check", bucket=bucket_pass.bucket) as phase:
                     since = bucket_state["checked_at"] if catch_up else bucket_state["started_at"]
                     checked = rename_check.final_check(context, bucket_pass, options.shard.key_range, mover,
@@ -119,11 +132,28 @@ def rename(context, options: RenameOptions) -> bool:
                     phase.update(checked)
                     if checked.get("checked_at") and not context.dry_run:
                         bucket_state.update(checked_at=checked["checked_at"], complete=True)
+            if bill is not None:
+                bill_deletes(bill, options.mode, report.counts[MoveOutcome.WOULD_MOVE.value] - moves_before)
             if saver:
                 saver.fire_and_wait(_snapshot(state))
+        if options.budget.spent() and not all(state[p.bucket].get("complete") for p in passes):
+            if saver:
+                saver.fire_and_wait(_snapshot(state))
+            report.info["stopped"] = "max_runtime"
+            raise OutOfTime(f"stopped after --max-runtime {options.budget} with the checkpoint saved: "
+                            "not done, run the same command again to resume")
     finally:
         context.report.info["s3"] = context.limiter.stats()
+    if bill is not None:
+        report.info["bill"] = bill.to_dict(options.prices)
+        context.log.info("s3-rename (dry run) would make %s", bill.summary(options.prices))
     return not any(report.counts[name] for name in PROBLEMS)
+
+
+def bill_deletes(bill: Bill, mode: Mode, moves: int) -> None:
+    """--dry-run: the DeleteObjects batches (up to 1,000 keys each) behind ``moves`` moves."""
+    if mode.delete_after_copy and moves:
+        bill.add("DELETE", -(-moves // MAX_KEYS_PER_REQUEST))
 
 
 def _snapshot(state: dict) -> dict:
@@ -207,7 +237,7 @@ def _now(context) -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def scan_destinations(context, bucket: str, progress=None) -> UUIDBloomFilter:
+def scan_destinations(context, bucket: str, progress=None, bill: Optional[Bill] = None) -> UUIDBloomFilter:
     """Tasks that may already have objects at new keys (``<task>/...`` or ``<task>.log``).
 
     A full listing, not a delimiter listing: some servers leave out of a delimiter listing a
@@ -216,6 +246,8 @@ def scan_destinations(context, bucket: str, progress=None) -> UUIDBloomFilter:
     present = UUIDBloomFilter()
     bar = progress(desc=f"scan s3://{bucket}", unit="key") if progress else None
     for page in iter_pages(context.s3, bucket, retrier=context.retrier):
+        if bill is not None:
+            bill.add("LIST")
         for obj in page:
             task_id = keys.listing_group(obj.key)
             if keys.is_uuid(task_id):
@@ -265,12 +297,18 @@ def move_range(context, bucket_pass: keys.BucketPass, options: RenameOptions, mo
                 else:
                     decided &= record_left_alone(report, found)
             report.count("scanned", len(page))
+            if options.bill is not None:
+                options.bill.add("LIST", 2)  # this page, and the final check's listing of it
             mark.add(resume_point(page), futures, decided)
             mark.settle(MAX_IN_FLIGHT, lambda result: record(report, result))
             if bar is not None:
                 bar.update(len(page))
                 bar.set_postfix(moved=report.counts["moved"],
                                 problems=sum(report.counts[name] for name in PROBLEMS), refresh=False)
+            if options.budget.spent():
+                context.log.info("s3://%s: --max-runtime %s reached; stopping after this page",
+                                 bucket_pass.bucket, options.budget)
+                break
         return mark.finish(lambda result: record(report, result))
     except BaseException:
         context.retrier.stopping.set()  # the run stops: nobody waits out a retry any more

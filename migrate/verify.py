@@ -3,8 +3,8 @@
 Runbook:
   1. The schema: legacy, folded, or a fold under way (a fold under way is a problem).
   2. Each bucket against the rows that expect objects in it: both are walked in key order at
-     once (the rows sorted with the "C" collation, which is S3's byte order), so memory stays
-     flat and no object needs a HEAD. Every ``ponos_artifact`` row must have its object at
+     once (rows read a range of task ids at a time, in short statements: no transaction stays
+     open for the listing's hours), so memory stays flat and no object needs a HEAD. Every ``ponos_artifact`` row must have its object at
      ``<task>/<path>`` with the row's size; a finished task's log is expected at
      ``<task>.log`` (missing logs are reported, not fatal: some tasks never wrote one).
   3. Every key of every bucket is classified with the task table: a legacy key still there is a
@@ -31,6 +31,7 @@ def verify(context, *, artifacts_bucket: Optional[str], logs_bucket: Optional[st
     """True when database and buckets agree (exit 0)."""
     passes = keys.bucket_passes(artifacts_bucket, logs_bucket)
     report = context.report
+    report.expect("objects")
     with report.phase("preflight"):
         state = schema.schema_state(context.db)
         if state == schema.UNKNOWN:
@@ -62,25 +63,50 @@ def _pages(context, bucket: str, progress=None) -> Iterator[list[ObjectInfo]]:
             bar.close()
 
 
+TASKS_PER_READ = 2000
+
+
 def _expected_objects(conn, *, artifacts: bool, logs: bool) -> Iterator[tuple[str, str, Optional[int], bool]]:
     """(group, key, size, required) of every object the database expects, grouped by task.
 
     Artifacts are required, with their recorded size; logs of finished tasks are expected but
-    not required (some tasks never wrote one). Streamed from a named cursor, in task id order
-    ("C" collation: byte order, as S3 sorts ids).
+    not required (some tasks never wrote one). Read a range of task ids at a time, each one
+    short statement on an autocommit connection: the listing takes hours on a big bucket, and
+    a transaction held that long would hold back vacuum on the hottest tables. A uuid sorts
+    in PostgreSQL as its lowercase text sorts in S3 (byte order), so the ranges come in the
+    listing's order.
     """
-    parts = []
-    if artifacts:
-        parts.append("SELECT task_id::text COLLATE \"C\" AS task, task_id::text || '/' || path AS key, size, true AS required "
-                     "FROM ponos_artifact")
-    if logs:
-        parts.append("SELECT id::text COLLATE \"C\" AS task, id::text || '.log' AS key, NULL::bigint AS size, false AS required "
-                     "FROM ponos_task WHERE state = ANY(%(finished)s)")
-    with conn.cursor(name="verify_expected") as cursor:
-        cursor.itersize = 5000
-        cursor.execute(" UNION ALL ".join(parts) + " ORDER BY task",
-                       {"finished": list(FINISHED_STATES)})
-        yield from cursor
+    after = None
+    while True:
+        row = conn.execute(f"SELECT id FROM ponos_task {_above(after)} ORDER BY id OFFSET %(n)s LIMIT 1",
+                           {"lo": after, "n": TASKS_PER_READ - 1}).fetchone()
+        upto = row[0] if row else None
+        window = {"lo": after, "hi": upto, "finished": list(FINISHED_STATES)}
+        found: list[tuple[str, str, Optional[int], bool]] = []
+        if artifacts:
+            found += conn.execute(
+                f"SELECT task_id::text, task_id::text || '/' || path, size, true FROM ponos_artifact "
+                f"{_between('task_id', after, upto)}", window).fetchall()
+        if logs:
+            found += conn.execute(
+                f"SELECT id::text, id::text || '.log', NULL::bigint, false FROM ponos_task "
+                f"{_between('id', after, upto)} AND state = ANY(%(finished)s)", window).fetchall()
+        found.sort(key=lambda expected: expected[0])
+        yield from found
+        if upto is None:
+            return
+        after = upto
+
+
+def _above(after) -> str:
+    return "" if after is None else "WHERE id > %(lo)s"
+
+
+def _between(column: str, after, upto) -> str:
+    """The task-id window of one read (no OR on NULLs: each shape keeps its index plan)."""
+    lower = "true" if after is None else f"{column} > %(lo)s"
+    upper = "" if upto is None else f" AND {column} <= %(hi)s"
+    return f"WHERE {lower}{upper}"
 
 
 class _Merge:
@@ -125,25 +151,21 @@ class _Merge:
 
 def check_bucket_against_rows(context, bucket: str, *, artifacts: bool, logs: bool, progress=None) -> None:
     """A merge join of the bucket listing with the rows that expect objects in it."""
-    # A named cursor lives in a transaction: use a connection of its own, read only.
-    with context.connect(autocommit=False) as conn:
-        conn.read_only = True
-        merge = _Merge(context.report, _expected_objects(conn, artifacts=artifacts, logs=logs),
-                       artifacts=artifacts, logs=logs)
-        group, listed = None, {}
-        for page in _pages(context, bucket, progress):
-            tasks = known_tasks_of_keys(context.db, (obj.key for obj in page))
-            for obj in page:
-                key_group = keys.listing_group(obj.key)
-                if key_group != group:
-                    if group is not None:
-                        merge.group(group, listed)
-                    group, listed = key_group, {}
-                listed[obj.key] = (obj, tasks)
-        if group is not None:
-            merge.group(group, listed)
-        merge.finish()
-        conn.rollback()
+    merge = _Merge(context.report, _expected_objects(context.db, artifacts=artifacts, logs=logs),
+                   artifacts=artifacts, logs=logs)
+    group, listed = None, {}
+    for page in _pages(context, bucket, progress):
+        tasks = known_tasks_of_keys(context.db, (obj.key for obj in page))
+        for obj in page:
+            key_group = keys.listing_group(obj.key)
+            if key_group != group:
+                if group is not None:
+                    merge.group(group, listed)
+                group, listed = key_group, {}
+            listed[obj.key] = (obj, tasks)
+    if group is not None:
+        merge.group(group, listed)
+    merge.finish()
 
 
 def classify_left(report, found: keys.Classified, tasks: set[str]) -> None:

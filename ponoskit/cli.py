@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from .connections import redact
 from .errors import ConfigError, PonosError, TransientError
+from .heartbeat import DEFAULT_INTERVAL, Heartbeat
 from .metrics import write_textfile
 from .report import Report
 
@@ -38,12 +39,24 @@ OUTPUT_OPTIONS = {"report_path": "--report", "checkpoint": "--checkpoint"}
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({
+        line = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": redact(record.getMessage()),
-        }, ensure_ascii=False)
+        }
+        line.update(getattr(record, "progress", None) or {})  # a heartbeat's counts, as fields
+        return json.dumps(line, ensure_ascii=False)
+
+
+class _BarFriendlyHandler(logging.StreamHandler):
+    """On a terminal, log lines go above the tqdm bars instead of through them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging never raises
+            self.handleError(record)
 
 
 class _RedactingFormatter(logging.Formatter):
@@ -53,7 +66,7 @@ class _RedactingFormatter(logging.Formatter):
 
 def setup_logging(verbosity: int = 0, fmt: str = "text") -> None:
     level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _BarFriendlyHandler(sys.stderr) if sys.stderr.isatty() else logging.StreamHandler(sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt == "json" else
                          _RedactingFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
@@ -106,9 +119,16 @@ def run_job(fn: Callable[..., int]) -> Callable[..., None]:
         limit_malloc_arenas()
         tune_garbage_collector()
         click_context = click.get_current_context()
+        heartbeat = Heartbeat(lambda: click_context.meta.get("ponos.report"),
+                              click_context.meta.get("ponos.progress_interval", DEFAULT_INTERVAL),
+                              click_context.meta.get("ponos.metrics_file"))
         try:
             check_output_paths(click_context)
+            heartbeat.start()
             code = fn(*args, **kwargs) or EXIT_OK
+        except click.ClickException:
+            heartbeat.stop()
+            raise  # bad usage found by the command itself: click's message, exit 2
         except PonosError as err:
             click.echo(f"Error: {redact(str(err))}", err=True)
             code = err.exit_code
@@ -118,6 +138,7 @@ def run_job(fn: Callable[..., int]) -> Callable[..., None]:
         except Exception as err:  # noqa: BLE001 - a bug or an error nobody typed: one line, exit 1
             click.echo(f"Error: {type(err).__name__}: {redact(_one_line(err))}", err=True)
             code = EXIT_INCOMPLETE
+        heartbeat.stop()
         _write_metrics(click_context, code)
         sys.exit(code)
     return wrapper
@@ -224,11 +245,21 @@ def _remember_metrics_file(ctx: click.Context, _param, value: Optional[str]) -> 
         ctx.meta["ponos.metrics_file"] = value
 
 
+def _remember_progress_interval(ctx: click.Context, _param, value: Optional[float]) -> None:
+    if value is not None:
+        ctx.meta["ponos.progress_interval"] = value
+
+
 def output_options(f):
     """Where a run's results go: the JSON report, log verbosity and format, metrics."""
+    f = click.option("--progress-interval", type=Duration(), default=str(int(DEFAULT_INTERVAL)), show_default=True,
+                     metavar="SECONDS", expose_value=False, callback=_remember_progress_interval,
+                     help="Log a progress line (counts, rate, time left) and rewrite --metrics-file this "
+                          "often while the job runs; 0 for none.")(f)
     f = click.option("--metrics-file", default=None, metavar="FILE", expose_value=False,
                      callback=_remember_metrics_file,
-                     help="Write the run's counts, duration and exit code as a Prometheus textfile.")(f)
+                     help="Write the run's counts, duration and exit code as a Prometheus textfile "
+                          "(rewritten at every progress line while the job runs).")(f)
     f = click.option("--report", "report_path", default=None, metavar="FILE",
                      help="Write a JSON report to FILE ('-' for stdout).")(f)
     f = click.option("-v", "--verbose", "verbosity", count=True, help="More log output.")(f)
@@ -242,6 +273,14 @@ def run_options(f):
     """The options of a job that changes things: --dry-run and the output options."""
     f = click.option("--dry-run", is_flag=True, help="Plan and count; change nothing.")(f)
     return output_options(f)
+
+
+def prices_option(f):
+    """Per-request prices for a dry run's S3 bill (ponoskit.s3.bill)."""
+    return click.option("--prices", default=None, metavar="TYPE=USD,...",
+                        help="S3 prices for the dry run's bill, USD per 1,000 requests (LIST, COPY, PUT, "
+                             "HEAD, GET, DELETE) and per GB-month (STORAGE); default AWS us-east-1 list "
+                             "prices.")(f)
 
 
 def init_logging(verbosity: int, quiet: bool, log_format: str) -> None:

@@ -56,3 +56,7 @@ class PostCommitError(PonosError):
     def __init__(self, errors: list[BaseException]):
         self.errors = errors
         super().__init__(f"{len(errors)} post-commit hook(s) failed, first: {errors[0]!r}")
+
+
+class OutOfTime(TransientError):
+    """A run stopped at its --max-runtime with its progress saved: not done, run again (75)."""

@@ -2,8 +2,11 @@
 
 ``--metrics-file /var/lib/node_exporter/textfile/ponos_cleanup.prom`` leaves, after every run,
 gauges an alert can watch: when the job last succeeded (carried over failed runs), when it
-last ran, how long it took, its exit code, and every count of its report. The file is written to a temporary name and renamed, as the collector
-requires, so it never reads half a file.
+last ran, how long it took, its exit code, and every count of its report. While a run goes on,
+the heartbeat (ponoskit.heartbeat) rewrites the file at every progress line: ``ponos_job_running``
+is 1, ``ponos_job_heartbeat_timestamp_seconds`` moves, the counts grow, and the last run's time
+and exit code are carried over until this one ends. The file is written to a temporary name
+and renamed, as the collector requires, so it never reads half a file.
 """
 
 from __future__ import annotations
@@ -24,51 +27,67 @@ def _metric_name(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", text)
 
 
-def _previous_success(path: Path, job: str) -> Optional[str]:
-    """The last success time the file already holds, carried over a failed run."""
+def _previous(path: Path, metric: str, job: str) -> Optional[str]:
+    """A value the file already holds (a last success carried over a failed run)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError:
         return None
-    match = re.search(rf'^ponos_job_last_success_timestamp_seconds{{job="{re.escape(job)}"}} (\S+)$', text, re.M)
+    match = re.search(rf'^{metric}{{job="{re.escape(job)}"}} (\S+)$', text, re.M)
     return match[1] if match else None
 
 
-def render(report: dict[str, Any], exit_code: int, last_success: Optional[str] = None) -> str:
+def _gauge(name: str, help_text: str, job: str, value: Any) -> list[str]:
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f'{name}{{job="{job}"}} {value}']
+
+
+def render(report: dict[str, Any], exit_code: Optional[int], previous: Optional[dict[str, str]] = None) -> str:
+    """The textfile; ``exit_code`` None while the run goes on (the heartbeat's rewrite)."""
     job = _label(report["job"])
+    previous = dict(previous or {})
+    now = f"{time.time():.0f}"
     if exit_code == 0:
-        last_success = f"{time.time():.0f}"
+        previous["last_success"] = now
+    if exit_code is not None:
+        previous["last_run"], previous["exit_code"] = now, str(exit_code)
     lines = []
-    if last_success is not None:
-        lines += [
-            "# HELP ponos_job_last_success_timestamp_seconds When the job last finished everything due (Unix time).",
-            "# TYPE ponos_job_last_success_timestamp_seconds gauge",
-            f'ponos_job_last_success_timestamp_seconds{{job="{job}"}} {last_success}',
-        ]
-    lines += [
-        "# HELP ponos_job_last_run_timestamp_seconds When the job last finished (Unix time).",
-        "# TYPE ponos_job_last_run_timestamp_seconds gauge",
-        f'ponos_job_last_run_timestamp_seconds{{job="{job}"}} {time.time():.0f}',
-        "# HELP ponos_job_duration_seconds How long the last run took.",
-        "# TYPE ponos_job_duration_seconds gauge",
-        f'ponos_job_duration_seconds{{job="{job}"}} {report["seconds"]}',
-        "# HELP ponos_job_exit_code Exit code of the last run (0 done, 1 incomplete, 2 config, 3 locked).",
-        "# TYPE ponos_job_exit_code gauge",
-        f'ponos_job_exit_code{{job="{job}"}} {exit_code}',
-        "# HELP ponos_job_items Counts of the last run's report, by item.",
-        "# TYPE ponos_job_items gauge",
-    ]
+    if "last_success" in previous:
+        lines += _gauge("ponos_job_last_success_timestamp_seconds",
+                        "When the job last finished everything due (Unix time).", job, previous["last_success"])
+    if "last_run" in previous:
+        lines += _gauge("ponos_job_last_run_timestamp_seconds", "When the job last finished (Unix time).",
+                        job, previous["last_run"])
+    if "exit_code" in previous:
+        lines += _gauge("ponos_job_exit_code",
+                        "Exit code of the last run (0 done, 1 incomplete, 2 config, 3 locked, 75 transient).",
+                        job, previous["exit_code"])
+    lines += _gauge("ponos_job_running", "1 while a run goes on (the heartbeat rewrites this file), 0 after.",
+                    job, 0 if exit_code is not None else 1)
+    if exit_code is None:
+        lines += _gauge("ponos_job_heartbeat_timestamp_seconds",
+                        "When the running job last wrote its progress (Unix time): a stuck run stops it.", job, now)
+    lines += _gauge("ponos_job_duration_seconds", "How long the last run took (this run so far while running).",
+                    job, report["seconds"])
+    lines += ["# HELP ponos_job_items Counts of the last run's report, by item.",
+              "# TYPE ponos_job_items gauge"]
     for name, value in sorted(report["counts"].items()):
         lines.append(f'ponos_job_items{{job="{job}",item="{_label(_metric_name(name))}"}} {value}')
     return "\n".join(lines) + "\n"
 
 
-def write_textfile(path: str, report: dict[str, Any], exit_code: int) -> None:
+_CARRIED = {"last_success": "ponos_job_last_success_timestamp_seconds",
+            "last_run": "ponos_job_last_run_timestamp_seconds", "exit_code": "ponos_job_exit_code"}
+
+
+def write_textfile(path: str, report: dict[str, Any], exit_code: Optional[int]) -> None:
     target = Path(path)
+    job = _label(report["job"])
+    previous = {key: value for key, metric in _CARRIED.items()
+                if (value := _previous(target, metric, job)) is not None}
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent if str(target.parent) else ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(render(report, exit_code, _previous_success(target, _label(report["job"]))))
+            out.write(render(report, exit_code, previous))
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except BaseException:

@@ -26,6 +26,14 @@ class Report:
         self.truncated: set[str] = set()
         self._lock = threading.Lock()
         self._started = time.time()
+        self.progress_count: Optional[str] = None  # the count that measures progress
+        self.progress_total: Optional[int] = None  # how many of it the job expects, if it knows
+
+    def expect(self, name: str, total: Optional[int] = None) -> None:
+        """Name the count the progress lines measure (``moved``, ``tasks_deleted``) and, when
+        the job knows it, how many to expect: the lines then give a rate and time left."""
+        with self._lock:
+            self.progress_count, self.progress_total = name, total
 
     def count(self, name: str, n: int = 1) -> None:
         with self._lock:

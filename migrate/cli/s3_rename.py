@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
-from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, ByteSize, bucket_options, dsn_option, init_logging, job_report,
-                          progress, run_job, run_options, s3_options, writing_report)
+from ponoskit.budget import RuntimeBudget
+from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, ByteSize, Duration, bucket_options, dsn_option, init_logging,
+                          job_report, prices_option, progress, run_job, run_options, s3_options, writing_report)
 from ponoskit.connections import S3Settings, describe_dsn
 from ponoskit.context import Context
+from ponoskit.s3.bill import parse_prices
 from ponoskit.shard import Shard
 
 from ..s3_mover import INSPECT_ALWAYS, INSPECT_AUTO
@@ -43,14 +45,18 @@ from ..s3_rename import ALL, PHASES, PROBLEMS, ROLLBACK, RenameOptions, rename
               help="copy: copy every legacy object to its new key and keep it (both releases find it; run again "
                    "to catch up); delete: move what is left and delete each source whose copy is the same; "
                    "all: move everything now (copy + delete).")
+@click.option("--max-runtime", type=Duration(), default=None, metavar="DURATION",
+              help="Stop cleanly at a page boundary after this long (8h, 30m), the checkpoint saved, exit 75: "
+                   "run the same command again to go on (a huge bucket over several nights). Needs --checkpoint.")
+@prices_option
 @click.option("--rollback", is_flag=True,
               help="Before the fold's contract: copy what the new release wrote at new keys to the legacy keys "
                    "its tasks map to, and remove copies identical to their legacy object.")
 @run_options
 @run_job
 def command(artifacts_bucket, logs_bucket, endpoint_url, profile, retry_deadline, dsn, no_db, workers, max_rps,
-            multipart_threshold, part_size, inspect_sources, compare_read_limit, checkpoint, shard, phase, rollback,
-            dry_run, report_path, verbosity, quiet, log_format):
+            multipart_threshold, part_size, inspect_sources, compare_read_limit, checkpoint, shard, phase, max_runtime,
+            prices, rollback, dry_run, report_path, verbosity, quiet, log_format):
     """Move legacy artifacts and logs to their new keys, server-side.
 
     \b
@@ -67,10 +73,14 @@ def command(artifacts_bucket, logs_bucket, endpoint_url, profile, retry_deadline
     init_logging(verbosity, quiet, log_format)
     if rollback and phase != ALL:
         raise click.UsageError("--rollback undoes the copy: give it without --phase")
-    options = RenameOptions(phase=ROLLBACK if rollback else phase,artifacts_bucket=artifacts_bucket, logs_bucket=logs_bucket, workers=workers,
+    if max_runtime is not None and not checkpoint and not dry_run:
+        raise click.UsageError("--max-runtime needs --checkpoint: the next run resumes from it")
+    options = RenameOptions(phase=ROLLBACK if rollback else phase, artifacts_bucket=artifacts_bucket,
+                            logs_bucket=logs_bucket, workers=workers,
                             multipart_threshold=multipart_threshold, part_size=part_size,
                             read_limit=compare_read_limit, inspect=inspect_sources,
-                            checkpoint=checkpoint, shard=Shard.parse(shard), progress=progress)
+                            checkpoint=checkpoint, shard=Shard.parse(shard), progress=progress,
+                            budget=RuntimeBudget(max_runtime), prices=parse_prices(prices))
     report = job_report("s3-rename", dry_run=dry_run)
     settings = S3Settings(endpoint_url=endpoint_url, profile=profile, max_pool_connections=max(64, 2 * workers),
                           concurrency=workers, max_rps=max_rps, retry_deadline=retry_deadline)

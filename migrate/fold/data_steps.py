@@ -124,10 +124,15 @@ class Backfill(Step):
             "processes_never_started"]
 
     def run(self, job: Job, record: dict[str, Any]) -> None:
-        with job.bar(backfill.todo(job.conn, self.source), f"backfill {self.source.name}", self.unit) as bar:
-            record["rows"] = backfill.run(job.ddl, self.source, job.options.batch_size, bar.update,
+        report, counted = job.ctx.report, f"backfilled_{self.source.table}"
+        todo = backfill.todo(job.conn, self.source)
+        report.expect(counted, total=report.counts[counted] + todo)  # the progress lines' rate and time left
+        with job.bar(todo, f"backfill {self.source.name}", self.unit) as bar:
+            def on_batch(rows: int) -> None:
+                bar.update(rows)
+                report.count(counted, rows)
+            record["rows"] = backfill.run(job.ddl, self.source, job.options.batch_size, on_batch,
                                           before_batch=job.wait_for_replicas)
-        job.ctx.report.count(f"backfilled_{self.source.table}", record["rows"])
 
 
 class KeepWorkflowMapping(Step):

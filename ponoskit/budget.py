@@ -1,0 +1,20 @@
+"""A run's time budget (``--max-runtime``): checked at safe points, never mid-operation."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+
+class RuntimeBudget:
+    def __init__(self, seconds: Optional[float], clock: Callable[[], float] = time.monotonic):
+        self.seconds = seconds
+        self._clock = clock
+        self._started = clock()
+
+    def spent(self) -> bool:
+        """True once the run has used its budget (never without one)."""
+        return self.seconds is not None and self._clock() - self._started >= self.seconds
+
+    def __str__(self) -> str:
+        return "no limit" if self.seconds is None else f"{self.seconds:g}s"
