@@ -17,7 +17,9 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -107,6 +109,28 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(100_000, 50, 50)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a pod deleted, systemd stopping the unit): stop as on Ctrl-C, run again to resume."""
+
+
+def _raise_terminated(*_) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def terminated_on_sigterm() -> Iterator[None]:
+    """As PID 1 in a container, Python ignores SIGTERM unless it handles it: the job would be
+    killed at the grace period. A job with its own handler (the cleanup) installs it inside."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_job(fn: Callable[..., int]) -> Callable[..., None]:
     """Wrap a click command body: typed errors become a one-line message and an exit code.
 
@@ -125,16 +149,17 @@ def run_job(fn: Callable[..., int]) -> Callable[..., None]:
         try:
             check_output_paths(click_context)
             heartbeat.start()
-            code = fn(*args, **kwargs) or EXIT_OK
+            with terminated_on_sigterm():
+                code = fn(*args, **kwargs) or EXIT_OK
         except click.ClickException:
             heartbeat.stop()
             raise  # bad usage found by the command itself: click's message, exit 2
         except PonosError as err:
             click.echo(f"Error: {redact(str(err))}", err=True)
             code = err.exit_code
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             click.echo("Interrupted: run again to resume.", err=True)
-            code = 130
+            code = 143 if isinstance(interrupt, Terminated) else 130
         except Exception as err:  # noqa: BLE001 - a bug or an error nobody typed: one line, exit 1
             click.echo(f"Error: {type(err).__name__}: {redact(_one_line(err))}", err=True)
             code = EXIT_INCOMPLETE

@@ -248,3 +248,30 @@ def test_verify_keeps_no_transaction_open_while_it_lists(seeded, run, fault_prox
     assert fault_proxy.fired("slow") >= 2  # the listing took seconds
     assert max(sessions) >= 1  # the watcher saw verify's sessions
     assert max(oldest, default=0) < 0.4  # no transaction lasted a listing page
+
+
+# --- SIGTERM --------------------------------------------------------------------------------------
+
+def test_sigterm_stops_a_rename_cleanly_and_it_resumes(seeded, fault_proxy, s3_env, tmp_path, run):
+    import signal
+    fault_proxy.add("slow", operations=("ListObjectsV2", "CopyObject"), seconds=0.3)
+    checkpoint = tmp_path / "rename.checkpoint"
+    artifacts_before, logs_before = state_of(seeded)
+    moves = expected_moves(seeded["dsn"], artifacts_before, logs_before)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from migrate.cli import main; main()", "s3-rename", "--endpoint-url",
+         fault_proxy.endpoint, "--artifacts-bucket", seeded["artifacts"], "--logs-bucket", seeded["logs"],
+         "--dsn", seeded["dsn"], "--checkpoint", str(checkpoint), "--workers", "2"],
+        env=s3_env_for(s3_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while fault_proxy.requests["CopyObject"] < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "Interrupted: run again to resume." in stderr and "Traceback" not in stderr
+    assert fault_proxy.requests["CopyObject"] < len(moves["artifacts"]) + len(moves["logs"])  # stopped midway
+    code, report, stderr = run("--checkpoint", str(checkpoint))
+    assert code == 0, stderr
+    assert_moved(artifacts_before, list_keys(seeded["ctx"].s3, seeded["artifacts"]), moves["artifacts"])
+    assert_moved(logs_before, list_keys(seeded["ctx"].s3, seeded["logs"]), moves["logs"])
