@@ -14,6 +14,8 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
+SHOWN_IDS = 20  # ids named in a one-line message; the report lists them all
+
 
 class Report:
     def __init__(self, job: str, **info: Any):

@@ -29,7 +29,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from migrate.cli import main as cli_main
 from migrate.db_fold_workflow import FOLD_LOCK_KEY, KEPT_WORKFLOW_TABLE
 from migrate.fold.ddl import Ddl, LockPolicy
-from migrate.fold import verify
+from migrate.fold import consistency
 from migrate.fold.orphans import OUTBOX
 from ponoskit import keys, schema, seed
 
@@ -346,8 +346,8 @@ def test_verification_names_the_rows_and_objects_that_disagree(make_database):
                                      "WHERE id = (SELECT id FROM process_process WHERE workflow_id IS NOT NULL "
                                      "LIMIT 1) RETURNING id").fetchone()[0]
 
-        with pytest.raises(verify.VerificationFailed) as failed:
-            verify.check(conn, keep_mapping=False)
+        with pytest.raises(consistency.VerificationFailed) as failed:
+            consistency.check(conn, keep_mapping=False)
     message = str(failed.value)
     assert str(wrong_task) in message and str(wrong_process) in message
     assert f"constraint {schema.TASK_PROCESS_FK} is missing" in message

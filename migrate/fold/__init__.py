@@ -13,5 +13,5 @@
 - :mod:`.triggers`      keep both shapes in step while both releases write;
 - :mod:`.backfill`      copy the data in batches by key range, one commit per batch;
 - :mod:`.orphans`       the explicit deletion of orphan tasks, recorded durably for the S3 side;
-- :mod:`.verify`        compare the new columns with the old ones before anything is dropped.
+- :mod:`.consistency`   compare the new columns with the old ones before anything is dropped.
 """

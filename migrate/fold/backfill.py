@@ -16,11 +16,11 @@ from typing import Callable, Optional
 import psycopg
 
 from ponoskit.errors import Refused
+from ponoskit.report import SHOWN_IDS
 
 from .ddl import Ddl
 
 SWEEP_LIMIT = 10_000
-SHOWN_IDS = 20
 
 
 @dataclass(frozen=True)

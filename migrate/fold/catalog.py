@@ -7,6 +7,8 @@ from typing import Optional
 
 import psycopg
 
+from ponoskit import schema
+
 
 @dataclass(frozen=True)
 class Column:
@@ -27,8 +29,7 @@ class Index:
     constraint: Optional[str]  # the constraint the index backs, if any
 
 
-def table_exists(conn: psycopg.Connection, table: str) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()[0]
+table_exists = schema.table_exists  # one definition, in ponoskit.schema
 
 
 def column(conn: psycopg.Connection, table: str, name: str) -> Optional[Column]:
@@ -65,8 +66,3 @@ def function_exists(conn: psycopg.Connection, name: str) -> bool:
         "SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = %s AND pronamespace = current_schema()::regnamespace)",
         (name,)).fetchone()[0]
 
-
-def estimated_rows(conn: psycopg.Connection, table: str) -> int:
-    """The planner's row estimate: free, and enough for a plan or a progress bar total."""
-    row = conn.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(%s)", (table,)).fetchone()
-    return max(int(row[0]), 0) if row else 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import backfill, catalog, orphans, triggers, verify
+from . import backfill, catalog, consistency, orphans, triggers
 from .job import ORPHANS_DELETE, Job
 from .step import Step
 
@@ -189,7 +189,7 @@ class Verify(Step):
         return [backfill.TASKS.stragglers_sql, backfill.PROCESSES.stragglers_sql]
 
     def run(self, job: Job, record: dict[str, Any]) -> None:
-        counts = verify.check(job.conn, keep_mapping=job.options.keep_workflow_table)
+        counts = consistency.check(job.conn, keep_mapping=job.options.keep_workflow_table)
         record.update(counts)
         for name, value in counts.items():
             job.ctx.report.count(f"verified_{name}", value)

@@ -3,8 +3,12 @@
 Each batch records the tasks it deletes, with their artifact paths, in an outbox table
 (:data:`OUTBOX`) in the same transaction as the DELETE: a SIGKILL between the commit and the
 report loses nothing, since every run reports the outbox's content again. The report lists each
-deleted task's S3 keys in both layouts (the fold usually runs before the S3 rename), so the S3
-side can delete the files; drop the outbox table once it has.
+deleted task's S3 keys in both layouts (the fold usually runs before the S3 rename).
+
+``ponos-maint cleanup`` deletes those files: each run hands the recorded tasks to its own
+outbox (their legacy keys: ``<workflow>/<task>/`` listed, ``<workflow>/run_<N>/<task>.log``)
+and deletes their rows here in the same transaction (maint/fold_leftovers.py, which names
+this table on its own: maint never imports migrate). Once it is empty, the table may go.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import psycopg
 
 from ponoskit import schema
 from ponoskit.errors import ConfigError, Refused
+from ponoskit.report import SHOWN_IDS
 
 from . import catalog
 
@@ -21,7 +22,6 @@ OWNED_TABLES = ("ponos_task", "process_process", "ponos_workflow")
 # The new columns: if a partial fold left them, they must be the ones this fold adds.
 NEW_COLUMNS = {("process_process", "farm_id"): "uuid", ("process_process", "started"): "timestamp with time zone",
                ("process_process", "finished"): "timestamp with time zone", ("ponos_task", "process_id"): "uuid"}
-SHOWN_IDS = 20  # ids listed in a one-line message; the report has them all
 
 
 class OrphansFound(Refused):

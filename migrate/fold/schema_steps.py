@@ -12,8 +12,9 @@ from typing import Any
 from psycopg import errors as pg_errors
 
 from ponoskit import schema
+from ponoskit.report import SHOWN_IDS
 
-from . import catalog, django_migrations, triggers, verify
+from . import catalog, consistency, django_migrations, triggers
 from .job import KEPT_WORKFLOW_TABLE, Job
 from .step import Step, add_constraint_sql, drop_index, ensure_constraint, ensure_index
 
@@ -87,7 +88,7 @@ class UniqueProcessRunSlug(Step):
         try:
             ensure_index(job, schema.TASK_UNIQUE_PROCESS_RUN_SLUG, self.index_sql)
         except pg_errors.UniqueViolation as exc:
-            raise verify.VerificationFailed(
+            raise consistency.VerificationFailed(
                 f"(process_id, run, slug) is not unique: {' '.join(str(exc).split())}; nothing dropped") from None
         job.ddl.execute("adopt the unique index", self.constraint_sql)
 
@@ -138,11 +139,11 @@ class DropWorkflow(Step):
 
         def drop(conn) -> None:
             conn.execute(DROP_LOCK_SQL)
-            lost = [str(row[0]) for row in conn.execute(NULL_PROCESS_SQL, {"limit": verify.SHOWN_IDS + 1})]
+            lost = [str(row[0]) for row in conn.execute(NULL_PROCESS_SQL, {"limit": SHOWN_IDS + 1})]
             if lost:
-                raise verify.VerificationFailed(
+                raise consistency.VerificationFailed(
                     f"task(s) without a process appeared since the verification: "
-                    f"{', '.join(lost[:verify.SHOWN_IDS])}; nothing dropped; run again (the preflight lists them)")
+                    f"{', '.join(lost[:SHOWN_IDS])}; nothing dropped; run again (the preflight lists them)")
             for statement in changes:
                 conn.execute(statement, django_migrations.params(job.options.django_migration)
                              if statement == django_migrations.RECORD_SQL else None)

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from psycopg import errors as pg_errors
 
-from . import catalog, verify
+from . import catalog, consistency
 from .job import Job
 
 
@@ -98,7 +98,7 @@ def ensure_constraint(job: Job, table: str, name: str, definition: str) -> None:
             with job.ddl.patient():
                 job.ddl.execute(f"validate {name}", f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}")
         except (pg_errors.CheckViolation, pg_errors.ForeignKeyViolation) as exc:
-            raise verify.VerificationFailed(
+            raise consistency.VerificationFailed(
                 f"{name} does not hold: {' '.join(str(exc).split())}; fix those rows and run again") from None
 
 

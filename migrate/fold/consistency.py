@@ -11,11 +11,11 @@ import psycopg
 
 from ponoskit import schema
 from ponoskit.errors import Refused
+from ponoskit.report import SHOWN_IDS
 
 from . import catalog
 from .backfill import PROCESSES, TASKS, WORKFLOW_MAPPING
 
-SHOWN_IDS = 20
 
 
 class VerificationFailed(Refused):
