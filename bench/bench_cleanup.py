@@ -1,20 +1,30 @@
-"""Benchmark: ``ponos-maint cleanup`` against a naive delete, side by side, on the same data.
+"""Benchmark: ``ponos-maint cleanup``, three ways side by side, on the same data and server.
 
     .venv/bin/python bench/bench_cleanup.py [--tasks 100000] [--naive-tasks 3000]
 
+The three sides, each on its own copy of the same seeded database and its own bucket pair,
+one after the other against one S3 server:
+
+  (a) ``--list-prefixes``: each task's artifacts prefix and its log are listed (by shared
+      prefix groups in a dense batch), then DeleteObjects: the cleanup before keys came
+      from the database;
+  (b) the default: the keys the artifact rows name and the log, recorded in the outbox,
+      DeleteObjects in batches, no listing;
+  (c) a naive per-row delete, what a quick script or an ORM loop does: per task, one
+      DeleteObject per key (artifacts from their rows, then the log) and one DELETE per row
+      (artifacts, parent links, the task; the GPU released), each statement committed on its
+      own. It is slow, so it runs on the first ``--naive-tasks`` due tasks only.
+
 Data: ``--tasks`` due tasks (every process of five tasks expired, two artifacts and a log each),
 plus about one live process in ten (kept), seeded once into a template database and copied
-with CREATE DATABASE ... TEMPLATE; S3 objects at new-layout keys, one bucket pair per side.
+with CREATE DATABASE ... TEMPLATE; S3 objects at new-layout keys.
 
-The naive peer is what a quick script or an ORM loop does: per task, one DeleteObject per key
-(artifacts from their rows, then the log) and one DELETE per row (artifacts, parent links,
-the task; the GPU released), each statement committed on its own. It is slow, so it runs on the
-first ``--naive-tasks`` due tasks only and its rate is extrapolated (said so in the output).
-
-Each side runs in its own process (peak memory = its ru_maxrss); meanwhile a probe, playing the
-Ponos API, updates a live task and reads its artifacts every 50 ms and records its longest
-wait. Our side also runs on a dataset ten times smaller, to show that memory stays flat.
-Starts its own PostgreSQL (pgserver) and SeaweedFS unless --dsn / --endpoint-url are given.
+S3 requests are counted in each side's process by a botocore hook (every HTTP attempt, by
+operation), independent of the job's own counting. Each side runs in its own process (peak
+memory = its VmHWM); meanwhile a probe, playing the Ponos API, updates a live task and reads
+its artifacts every 50 ms and records its longest wait. With ``--small``, side (b) also runs
+on a dataset ten times smaller, to show that memory stays flat. Starts its own PostgreSQL
+(pgserver) and SeaweedFS unless --dsn / --endpoint-url are given.
 """
 
 from __future__ import annotations
@@ -184,6 +194,26 @@ class Probe(threading.Thread):
                 "median_ms": round(1000 * statistics.median(waits), 1)}
 
 
+# S3 requests of a child, by operation: every HTTP attempt its botocore clients send.
+REQUEST_COUNT_HOOK = """
+import atexit, collections, json, os, threading
+import botocore.session
+_sent, _sent_lock = collections.Counter(), threading.Lock()
+def _count(event_name='', **_):
+    with _sent_lock:
+        _sent[event_name.rsplit('.', 1)[-1]] += 1
+_create_client = botocore.session.Session.create_client
+def _counting_create_client(self, *args, **kwargs):
+    client = _create_client(self, *args, **kwargs)
+    client.meta.events.register('before-send.s3', _count)
+    return client
+botocore.session.Session.create_client = _counting_create_client
+def _write_requests():
+    with open(os.environ['BENCH_REQUESTS_FILE'], 'w') as out:
+        json.dump(dict(_sent), out)
+atexit.register(_write_requests)
+"""
+
 # Peak memory of a child: VmHWM, which exec resets. (ru_maxrss would not do: it keeps the
 # pages the child shared with this big parent between fork and exec.)
 PEAK_MEMORY_HOOK = """
@@ -203,9 +233,11 @@ def run_measured(command: list[str], dsn: str, env: dict) -> dict:
     probe.start()
     servers_before = {name: cpu_seconds(name) for name in ("weed", "postgres")}
     peak_file = Path(tempfile.mkstemp(suffix=".peak")[1])
+    requests_file = Path(tempfile.mkstemp(suffix=".requests")[1])
     with tempfile.TemporaryFile("w+") as out_file, tempfile.TemporaryFile("w+") as err_file:
         start = time.monotonic()
-        proc = subprocess.Popen(command, env={**env, "BENCH_PEAK_FILE": str(peak_file)},
+        proc = subprocess.Popen(command, env={**env, "BENCH_PEAK_FILE": str(peak_file),
+                                              "BENCH_REQUESTS_FILE": str(requests_file)},
                                 stdout=out_file, stderr=err_file, text=True)
         seconds, usage, samples = wait_sampling_rss(proc, start)
         servers = {name: round(cpu_seconds(name) - before, 1) for name, before in servers_before.items()}
@@ -217,19 +249,22 @@ def run_measured(command: list[str], dsn: str, env: dict) -> dict:
         raise SystemExit(f"{command[:4]} exited {proc.returncode}:\n{err[-3000:]}")
     peak_mb = round(int(peak_file.read_text()) / 1024, 1)
     peak_file.unlink()
+    requests = json.loads(requests_file.read_text() or "{}")
+    requests_file.unlink()
     samples = [round(mib, 1) for mib in samples]
     tenth = samples[len(samples) // 10] if samples else None
     cpu = {"own": round(usage.ru_utime + usage.ru_stime, 1), **servers}  # where the time went: client, S3 server, database
     return {"seconds": seconds, "peak_rss_mb": peak_mb, "probe": probe_stats, "stdout": out, "cpu_s": cpu,
-            "rss_mb_at_10pct": tenth, "rss_mb_max_sampled": max(samples, default=None)}
+            "rss_mb_at_10pct": tenth, "rss_mb_max_sampled": max(samples, default=None), "requests": requests}
 
 
-def ours(dsn: str, artifacts: str, logs: str, endpoint: str | None, env: dict, batch_size: int) -> dict:
+def ours(dsn: str, artifacts: str, logs: str, endpoint: str | None, env: dict, batch_size: int,
+         *extra: str) -> dict:
     report = Path(tempfile.mkstemp(suffix=".json")[1])
-    command = [sys.executable, "-c", PEAK_MEMORY_HOOK + "from maint.cli import main; main()", "cleanup", "-q",
-               "--dsn", dsn,
+    command = [sys.executable, "-c", REQUEST_COUNT_HOOK + PEAK_MEMORY_HOOK + "from maint.cli import main; main()",
+               "cleanup", "-q", "--dsn", dsn,
                "--artifacts-bucket", artifacts, "--logs-bucket", logs, "--batch-size", str(batch_size),
-               "--report", str(report)]
+               "--report", str(report), *extra]
     if endpoint:
         command += ["--endpoint-url", endpoint]
     result = run_measured(command, dsn, env)
@@ -253,13 +288,16 @@ def services(args):
         yield dsn, s3
 
 
+SIDES = {"prefixes": "(a) --list-prefixes", "keys": "(b) default: keys from rows", "naive": "(c) naive per-row"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=100_000, help="due tasks to delete (default 100,000)")
     parser.add_argument("--naive-tasks", type=int, default=3_000,
                         help="due tasks the naive peer deletes; its rate is extrapolated (default 3,000)")
     parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--no-small", action="store_true", help="skip the run on a 10x smaller dataset")
+    parser.add_argument("--small", action="store_true", help="also run (b) on a 10x smaller dataset (memory)")
     parser.add_argument("--dsn", help="admin DSN of an existing PostgreSQL (default: start pgserver)")
     parser.add_argument("--endpoint-url", help="existing S3 endpoint (default: start SeaweedFS)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -280,94 +318,101 @@ def main() -> None:
             print(f"[{time.monotonic() - started:7.1f}s] {message}", flush=True)
 
         step(f"seeding PostgreSQL: {args.tasks} due tasks")
-        template, stats = f"bench_tpl_{tag}", None
+        template = f"bench_tpl_{tag}"
         _, stats = build_template(admin_dsn, template, args.tasks, seed=11)
-        naive_dsn = copy_database(admin_dsn, template, f"bench_naive_{tag}")
-        ours_dsn = copy_database(admin_dsn, template, f"bench_ours_{tag}")
-        buckets = {side: (f"bench-{side}-artifacts-{tag}", f"bench-{side}-logs-{tag}")
-                   for side in ("naive", "ours", "small")}
+        dsns = {side: copy_database(admin_dsn, template, f"bench_{side}_{tag}") for side in SIDES}
+        buckets = {side: (f"bench-{side}-artifacts-{tag}", f"bench-{side}-logs-{tag}") for side in (*SIDES, "small")}
         for pair in buckets.values():
             for bucket in pair:
                 ctx.s3.create_bucket(Bucket=bucket)
-        t0 = time.monotonic()
-        objects = upload_objects(ctx, ours_dsn, *buckets["ours"])
-        step(f"seeded S3 for our side: {objects} objects in {time.monotonic() - t0:.0f}s")
-        with psycopg.connect(naive_dsn) as conn:
+        objects = 0
+        for side in ("prefixes", "keys"):
+            t0 = time.monotonic()
+            objects = upload_objects(ctx, dsns[side], *buckets[side])
+            step(f"seeded S3 for {SIDES[side]}: {objects} objects in {time.monotonic() - t0:.0f}s")
+        with psycopg.connect(dsns["naive"]) as conn:
             naive_due = [r[0] for r in conn.execute(DUE_TASKS_SQL + " LIMIT %s",
                                                     (UNFINISHED, args.naive_tasks)).fetchall()]
-        upload_objects(ctx, naive_dsn, *buckets["naive"], only_tasks=naive_due)
-        small = None
-        if not args.no_small:
+        upload_objects(ctx, dsns["naive"], *buckets["naive"], only_tasks=naive_due)
+        if args.small:
             small_dsn, small_stats = build_template(admin_dsn, f"bench_small_{tag}", args.tasks // 10, seed=12)
             upload_objects(ctx, small_dsn, *buckets["small"])
 
-        step(f"naive: deleting {len(naive_due)} due tasks")
-        naive = run_measured([sys.executable, "-c", PEAK_MEMORY_HOOK + "import runpy; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], "
-                              "run_name='__main__')", __file__, "--naive-worker", naive_dsn, *buckets["naive"],
-                              str(args.naive_tasks), s3.endpoint_url], naive_dsn, env)
-        naive_tasks = json.loads(naive["stdout"])["tasks"]
-        naive_rate = naive_tasks / naive["seconds"]
+        runs = {}
+        for side, extra in (("prefixes", ("--list-prefixes",)), ("keys", ())):
+            step(f"{SIDES[side]}: deleting {stats['due']} due tasks")
+            run = ours(dsns[side], *buckets[side], s3.endpoint_url, env, args.batch_size, *extra)
+            run["tasks"] = run["report"]["counts"]["tasks"]
+            with psycopg.connect(dsns[side]) as conn:
+                left_due = len(conn.execute(DUE_TASKS_SQL, (UNFINISHED,)).fetchall())
+                live_artifacts = conn.execute("SELECT count(*) FROM ponos_artifact").fetchone()[0]
+                live_tasks = conn.execute("SELECT count(*) FROM ponos_task").fetchone()[0]
+                owed = conn.execute("SELECT count(*) FROM ponos_cleanup_outbox").fetchone()[0]
+            left_objects = count_objects(ctx, buckets[side][0]) + count_objects(ctx, buckets[side][1])
+            run["correct"] = left_due == 0 and owed == 0 and left_objects == live_artifacts + live_tasks
+            runs[side] = run
 
-        step(f"ours: deleting {stats['due']} due tasks")
-        mine = ours(ours_dsn, *buckets["ours"], s3.endpoint_url, env, args.batch_size)
-        mine_tasks = mine["report"]["counts"]["tasks"]
-        mine_rate = mine_tasks / mine["seconds"]
-        with psycopg.connect(ours_dsn) as conn:
-            left_due = len(conn.execute(DUE_TASKS_SQL, (UNFINISHED,)).fetchall())
-            live_artifacts = conn.execute("SELECT count(*) FROM ponos_artifact").fetchone()[0]
-            live_tasks = conn.execute("SELECT count(*) FROM ponos_task").fetchone()[0]
-            owed = conn.execute("SELECT count(*) FROM ponos_cleanup_outbox").fetchone()[0]
-        left_objects = count_objects(ctx, buckets["ours"][0]) + count_objects(ctx, buckets["ours"][1])
-        correct = left_due == 0 and owed == 0 and left_objects == live_artifacts + live_tasks
+        step(f"{SIDES['naive']}: deleting {len(naive_due)} due tasks")
+        naive = run_measured([sys.executable, "-c", REQUEST_COUNT_HOOK + PEAK_MEMORY_HOOK +
+                              "import runpy; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')",
+                              __file__, "--naive-worker", dsns["naive"], *buckets["naive"],
+                              str(args.naive_tasks), s3.endpoint_url], dsns["naive"], env)
+        naive["tasks"] = json.loads(naive["stdout"])["tasks"]
+        naive["correct"] = None  # a subset: not checked
+        runs["naive"] = naive
 
-        if not args.no_small:
-            step(f"ours on the 10x smaller dataset: {small_stats['due']} due tasks")
+        small = None
+        if args.small:
+            step(f"(b) on the 10x smaller dataset: {small_stats['due']} due tasks")
             small = ours(small_dsn, *buckets["small"], s3.endpoint_url, env, args.batch_size)
 
-    results = {
-        "due_tasks": stats["due"], "live_tasks_kept": stats["tasks"] - stats["due"], "s3_objects": objects,
-        "batch_size": args.batch_size,
-        "naive": {"tasks": naive_tasks, "seconds": round(naive["seconds"], 1), "tasks_per_s": round(naive_rate, 1),
-                  "extrapolated_seconds_for_all": round(stats["due"] / naive_rate), "peak_rss_mb": naive["peak_rss_mb"],
-                  "cpu_s": naive["cpu_s"],
-                  "probe": naive["probe"]},
-        "ours": {"tasks": mine_tasks, "seconds": round(mine["seconds"], 1), "tasks_per_s": round(mine_rate, 1),
-                 "s3_objects_deleted": mine["report"]["counts"].get("s3_objects", 0),
-                 "s3_listings": mine["report"]["counts"].get("s3_listings", 0),
-                 "peak_rss_mb": mine["peak_rss_mb"], "rss_mb_at_10pct_of_run": mine["rss_mb_at_10pct"],
-                 "probe": mine["probe"], "end_state_correct": correct, "cpu_s": mine["cpu_s"],
-                 "phases": mine["report"]["phases"]},
-        "ratio": round(mine_rate / naive_rate, 1),
-    }
+    results = {"due_tasks": stats["due"], "live_tasks_kept": stats["tasks"] - stats["due"], "s3_objects": objects,
+               "batch_size": args.batch_size, "sides": {}}
+    for side, run in runs.items():
+        requests = run["requests"]
+        results["sides"][side] = {
+            "name": SIDES[side], "tasks": run["tasks"], "seconds": round(run["seconds"], 1),
+            "tasks_per_s": round(run["tasks"] / run["seconds"], 1),
+            "s3_requests": requests, "s3_requests_per_task": round(sum(requests.values()) / max(run["tasks"], 1), 3),
+            "peak_rss_mb": run["peak_rss_mb"], "cpu_s": run["cpu_s"], "probe": run["probe"],
+            "end_state_correct": run["correct"],
+            "job_counted_requests": run.get("report", {}).get("s3_requests"),
+        }
     if small is not None:
-        results["ours_small"] = {"tasks": small["report"]["counts"]["tasks"], "seconds": round(small["seconds"], 1),
-                                 "peak_rss_mb": small["peak_rss_mb"], "probe": small["probe"]}
+        results["keys_small"] = {"tasks": small["report"]["counts"]["tasks"], "seconds": round(small["seconds"], 1),
+                                 "peak_rss_mb": small["peak_rss_mb"]}
     print_results(results, time.monotonic() - started)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
 def print_results(r: dict, total: float) -> None:
-    naive, mine = r["naive"], r["ours"]
     print()
-    print(f"data            {r['due_tasks']} due tasks (2 artifacts + 1 log each), {r['live_tasks_kept']} live tasks kept,"
-          f" {r['s3_objects']} S3 objects")
-    print(f"naive           {naive['tasks']} tasks in {naive['seconds']} s = {naive['tasks_per_s']} tasks/s"
-          f"  (run on a subset; all {r['due_tasks']} extrapolated: ~{naive['extrapolated_seconds_for_all']} s)")
-    print(f"ours            {mine['tasks']} tasks in {mine['seconds']} s = {mine['tasks_per_s']} tasks/s"
-          f"  ({mine['s3_objects_deleted']} objects, {mine['s3_listings']} listings, batch {r['batch_size']});"
-          f" end state correct: {mine['end_state_correct']}")
-    print(f"ratio           {r['ratio']}x  (target >= 10x)")
-    print(f"CPU seconds     naive {naive['cpu_s']}; ours {mine['cpu_s']}  (own process, S3 server, database)")
-    if "ours_small" in r:
-        small = r["ours_small"]
-        print(f"peak memory     ours: {small['peak_rss_mb']} MB at {small['tasks']} tasks, "
-              f"{mine['peak_rss_mb']} MB at {mine['tasks']} tasks (RSS at 10% of that run: "
-              f"{mine['rss_mb_at_10pct_of_run']} MB); naive: {naive['peak_rss_mb']} MB")
-    else:
-        print(f"peak memory     ours: {mine['peak_rss_mb']} MB; naive: {naive['peak_rss_mb']} MB")
-    print(f"probe wait      naive max {naive['probe']['max_ms']} ms (p99 {naive['probe']['p99_ms']});"
-          f" ours max {mine['probe']['max_ms']} ms (p99 {mine['probe']['p99_ms']})  (target < 500 ms)")
+    print(f"data: {r['due_tasks']} due tasks (2 artifacts + 1 log each), {r['live_tasks_kept']} live tasks kept, "
+          f"{r['s3_objects']} S3 objects per side; batch {r['batch_size']}; one S3 server, one PostgreSQL")
+    print()
+    print("| side | tasks | seconds | tasks/s | S3 requests/task | LIST | DeleteObjects | DeleteObject "
+          "| other | peak MB | probe max ms | end state |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for side in r["sides"].values():
+        req = dict(side["s3_requests"])
+        listing, batch, single = (req.pop(op, 0) for op in ("ListObjectsV2", "DeleteObjects", "DeleteObject"))
+        correct = {True: "exact", False: "WRONG", None: "subset"}[side["end_state_correct"]]
+        print(f"| {side['name']} | {side['tasks']} | {side['seconds']} | {side['tasks_per_s']} "
+              f"| {side['s3_requests_per_task']} | {listing} | {batch} | {single} | {sum(req.values())} "
+              f"| {side['peak_rss_mb']} | {side['probe']['max_ms']} | {correct} |")
+    naive, keys_ = r["sides"]["naive"], r["sides"]["keys"]
+    print()
+    print(f"(b) vs (a): {keys_['tasks_per_s'] / r['sides']['prefixes']['tasks_per_s']:.1f}x tasks/s; "
+          f"(b) vs (c): {keys_['tasks_per_s'] / naive['tasks_per_s']:.1f}x tasks/s "
+          f"((c) on a subset of {naive['tasks']} tasks; all {r['due_tasks']} would take "
+          f"~{r['due_tasks'] / naive['tasks_per_s']:.0f} s)")
+    print("CPU seconds (own process, S3 server, database): " +
+          "; ".join(f"{s['name']} {s['cpu_s']}" for s in r["sides"].values()))
+    if "keys_small" in r:
+        small = r["keys_small"]
+        print(f"peak memory of (b): {small['peak_rss_mb']} MB at {small['tasks']} tasks, "
+              f"{keys_['peak_rss_mb']} MB at {keys_['tasks']} tasks")
     print(f"total bench time {total:.0f} s; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
 
 

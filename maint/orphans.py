@@ -1,12 +1,14 @@
-"""``ponos-maint orphans``: delete new-layout objects whose task no longer exists.
+"""``ponos-maint orphans``: delete objects whose task no longer exists, in either layout.
 
-Objects can outlive their task: deleted before the outbox existed, by hand, by an old bug. The
-sweep walks the top level of each bucket (one entry per task: ``<task>/`` or ``<task>.log``),
-asks PostgreSQL which of those tasks exist, a page at a time, and looks inside the entries
-whose task is gone. keys.classify decides what each object is: only new-layout objects of
-missing tasks, last modified before ``before - grace``, are deleted. Legacy-shaped keys
-(``<workflow>/<task>/...``, which the rename may still have to move) and anything unrecognized
-are left alone, and counted.
+Objects can outlive their task: deleted before the outbox existed, by hand, by an old bug, a
+file without an artifact row (the cleanup deletes the keys rows name), or a legacy key the
+rename never moved because its task was gone. The sweep walks the top level of each bucket
+(one entry per task: ``<task>/`` or ``<task>.log``; per workflow for legacy keys), asks
+PostgreSQL which of those ids are tasks, a page at a time, and looks inside the entries that
+are not. keys.classify decides what each object is: new-layout objects of missing tasks and
+legacy-shaped keys of missing tasks (``orphan_legacy``, as the rename reports them), last
+modified before ``before - grace``, are deleted. A key whose task exists (a legacy key the
+rename may still move) and anything unrecognized are left alone, and counted.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ponoskit.errors import FlushError, PonosError, TransientError
 from ponoskit.s3.delete import delete_buffer
 from ponoskit.s3.listing import iter_pages, iter_top_level, timestamp
 
-from . import preflight
+from . import billing, preflight
 from .cleanup import Outcome
 
 LOCK_KEY = preflight.lock_key("ponos-maint orphans")
@@ -41,6 +43,7 @@ class OrphanOptions:
     grace: timedelta
     max_runtime: Optional[float] = None
     stop: Optional[threading.Event] = None
+    prices: Optional[dict] = None  # USD per 1,000 requests for the dry run's bill (ponoskit.s3.bill)
 
 
 def run_orphans(ctx, opts: OrphanOptions) -> Outcome:
@@ -48,12 +51,16 @@ def run_orphans(ctx, opts: OrphanOptions) -> Outcome:
     cutoff = opts.before - opts.grace
     ctx.report.info.update(orphans_modified_before=cutoff.isoformat(),
                            artifacts_bucket=opts.artifacts_bucket, logs_bucket=opts.logs_bucket)
+    ctx.report.expect("orphan_objects_scanned")
     passes = keys.bucket_passes(opts.artifacts_bucket, opts.logs_bucket)
+    requests = billing.counter(ctx.s3)
+    sent_before = requests.snapshot()
+    found_before = ctx.report.counts["orphan_objects"]
     reasons: list[str] = []
     transient = False
     with ctx.advisory_lock(LOCK_KEY, "ponos-maint orphans"):
         preflight.require_folded(ctx.db)
-        preflight.check_buckets(ctx, *(p.bucket for p in passes))
+        preflight.check_permissions(ctx, *(p.bucket for p in passes))
         try:
             for bucket_pass in passes:
                 with ctx.report.phase("orphans", bucket=bucket_pass.bucket):
@@ -78,10 +85,19 @@ def run_orphans(ctx, opts: OrphanOptions) -> Outcome:
                     ctx.report.error(f"could not delete orphan: {error}")
                 reasons.append(f"{len(err.errors)} orphan object(s) could not be deleted")
     c = ctx.report.counts
-    ctx.log.info("%s %d orphan object(s) (%d bytes); %d newer than the grace period kept; "
-                 "%d object(s) under missing tasks not in the new layout left alone",
+    if ctx.dry_run:
+        bill = billing.merged(requests.since(sent_before), billing.canary_requests(len(passes)))
+        # The delete buffers send 1,000 keys a request (more often when the sweep is slow).
+        bill.add("DELETE", billing.delete_requests({"all": c["orphan_objects"] - found_before}))
+        total = billing.record(ctx.report, "bill", bill, opts.prices)
+        ctx.log.info("a real run: %s", total.summary(opts.prices))
+    else:
+        billing.record(ctx.report, "s3_requests", requests.since(sent_before))
+    ctx.log.info("%s %d orphan object(s) (%d bytes; %d of them legacy-shaped keys of missing tasks); "
+                 "%d newer than the grace period kept; %d object(s) under ids that are not tasks left alone "
+                 "(unrecognized, or a legacy key of an existing task)",
                  "would delete" if ctx.dry_run else "deleted", c["orphan_objects"], c["orphan_bytes"],
-                 c["orphans_within_grace"], c["orphan_scan_not_new_layout"])
+                 c["orphan_legacy_objects"], c["orphans_within_grace"], c["orphan_scan_not_new_layout"])
     for reason in reasons:
         ctx.log.warning("incomplete: %s", reason)
     return Outcome(not reasons, reasons, transient=transient)
@@ -90,7 +106,7 @@ def run_orphans(ctx, opts: OrphanOptions) -> Outcome:
 def sweep_bucket(ctx, bucket: str, *, logs: bool, artifacts: bool, cutoff: datetime,
                  opts: OrphanOptions, started: float) -> str:
     deleter = None if ctx.dry_run else delete_buffer(ctx, bucket)
-    for entries in _chunks(iter_top_level(ctx.s3, bucket), PAGE):
+    for entries in _chunks(iter_top_level(ctx.s3, bucket, retrier=ctx.retrier), PAGE):
         if opts.stop is not None and opts.stop.is_set():
             return "stopped by a signal"
         if opts.max_runtime is not None and time.monotonic() - started >= opts.max_runtime:
@@ -100,23 +116,30 @@ def sweep_bucket(ctx, bucket: str, *, logs: bool, artifacts: bool, cutoff: datet
         for entry, task in entry_tasks.items():
             if task is not None and task not in existing:
                 sweep_entry(ctx, bucket, entry, deleter, logs=logs, artifacts=artifacts, cutoff=cutoff)
+            elif not entry.endswith("/"):
+                ctx.report.count("orphan_objects_scanned")  # a top-level object, looked at here only
     return ""
 
 
 def sweep_entry(ctx, bucket: str, entry: str, deleter, *, logs: bool, artifacts: bool,
                 cutoff: datetime) -> None:
-    """Everything under one top-level entry whose task id is not a task (any more)."""
-    for page in iter_pages(ctx.s3, bucket, prefix=entry):
+    """Everything under one top-level entry whose id is not a task (any more): a missing
+    task's prefix or log, or a legacy ``<workflow>/`` folder."""
+    for page in iter_pages(ctx.s3, bucket, prefix=entry, retrier=ctx.retrier):
+        ctx.report.count("orphan_objects_scanned", len(page))
         known = tasks.known_tasks_of_keys(ctx.db, (obj.key for obj in page))
         for obj in page:
             found = keys.classify(obj.key, known, logs=logs, artifacts=artifacts)
-            if not found.is_new or found.task_id in known:
+            legacy = found.kind is keys.Kind.ORPHAN_LEGACY
+            if not (legacy or found.is_new) or found.task_id in known:
                 ctx.report.count("orphan_scan_not_new_layout")
             elif timestamp(obj.last_modified) >= cutoff:
                 ctx.report.count("orphans_within_grace")
             else:
                 ctx.report.count("orphan_objects")
                 ctx.report.count("orphan_bytes", obj.size)
+                if legacy:
+                    ctx.report.count("orphan_legacy_objects")
                 if deleter is not None:
                     deleter.fire_forget(obj.key)
 

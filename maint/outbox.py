@@ -5,7 +5,11 @@ task's files commits (or rolls back) with the deletion itself. A row is removed 
 S3 confirmed every object it covers is gone. Whatever happens in between (S3 down, SIGKILL),
 the next run finds the row and finishes the work first: no object is ever forgotten.
 
-One row is one :class:`Target`: an exact key (a task's log) or a prefix (a task's artifacts).
+One row is one :class:`Target`: an exact key or a prefix. By default the cleanup records the
+keys the database names (each artifact row's key, the task's log: :func:`targets_for_rows`),
+deleted without a listing; with ``--list-prefixes`` a task's artifacts prefix and its log
+(:func:`targets_for_tasks`), listed first. Rows of either shape, from this run or an older
+one, drain the same way, with the same bookkeeping.
 
 A row S3 keeps refusing (a key a bucket policy protects, a server that fails on one key) must
 not hold the others up: each failed run counts an attempt on it, and after
@@ -63,6 +67,21 @@ def targets_for_tasks(task_ids: Iterable, *, artifacts_bucket: str, logs_bucket:
     for task_id in task_ids:
         targets.append(Target(logs_bucket, keys.log_key(task_id), KEY))
         targets.append(Target(artifacts_bucket, keys.artifact_prefix(task_id), PREFIX))
+    return targets
+
+
+ARTIFACT_ROWS_SQL = "SELECT task_id::text, path FROM ponos_artifact WHERE task_id = ANY(%s::uuid[]) ORDER BY 1, 2"
+
+
+def targets_for_rows(conn: psycopg.Connection, task_ids: Iterable, *, artifacts_bucket: str,
+                     logs_bucket: str) -> list[Target]:
+    """The keys the database names for these tasks (read before their rows go, in the same
+    transaction): each artifact row's key and the task's log, in the layouts keys.py defines.
+    Objects under a task without a row are the orphan sweep's (``ponos-maint orphans``)."""
+    ids = [str(task_id) for task_id in task_ids]
+    targets = [Target(logs_bucket, keys.log_key(task_id), KEY) for task_id in ids]
+    for task_id, path in conn.execute(ARTIFACT_ROWS_SQL, (ids,)):
+        targets.append(Target(artifacts_bucket, keys.artifact_key(task_id, path), KEY))
     return targets
 
 

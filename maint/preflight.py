@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
 
 import psycopg
+from botocore.exceptions import BotoCoreError, ClientError
 
 from ponoskit import connections, schema
 from ponoskit.errors import ConfigError, PonosError, TransientError
+from ponoskit.keys import CANARY_PREFIX
+from ponoskit.s3 import capabilities
+from ponoskit.s3.delete import delete_objects
+from ponoskit.s3.errors import Kind, S3PermissionError, kind_of, one_line, raise_typed
 
 
 def lock_key(name: str) -> int:
@@ -27,9 +33,75 @@ def require_folded(conn: psycopg.Connection) -> None:
     raise ConfigError(f"schema is {state}, not folded: {hints.get(state, '')}".rstrip(": "))
 
 
-def check_buckets(ctx, *buckets: str) -> None:
+def check_permissions(ctx, *buckets: str) -> dict:
+    """Before any change, find out that the run may do what it will do in each bucket.
+
+    Every run lists (s3:ListBucket). A real run also deletes (s3:DeleteObject): a canary is
+    put under the reserved CANARY_PREFIX and deleted the way the job deletes. The job itself
+    never writes, so a refused PUT is not fatal: the delete is then tried on a canary key that
+    does not exist (S3 answers a permitted delete of a missing key with success). A dry run
+    only lists. A refusal is exit 2 naming the permission and the bucket, nothing changed.
+    """
+    found = {}
     for bucket in dict.fromkeys(buckets):
-        connections.check_bucket(ctx.s3, bucket)
+        caps = ctx.bucket(bucket)  # exists, reachable, allowed (HeadBucket); its versioning
+        notes: list[str] = []
+        _check_list(ctx, bucket)
+        if not ctx.dry_run:
+            _check_delete(ctx, bucket, caps, notes)
+        found[bucket] = {"list": True, "delete": None if ctx.dry_run else True, "notes": notes + caps.notes}
+    ctx.report.info["s3_permissions"] = found
+    return found
+
+
+def _check_list(ctx, bucket: str) -> None:
+    try:
+        ctx.retrier.call("ListObjectsV2", ctx.s3.list_objects_v2, Bucket=bucket, Prefix=CANARY_PREFIX, MaxKeys=1)
+    except (ClientError, BotoCoreError) as exc:
+        if kind_of(exc) is Kind.PERMISSION:
+            capabilities._refused(exc, bucket, "s3:ListBucket")
+        raise_typed(exc, f"listing s3://{bucket}/{CANARY_PREFIX}")
+
+
+def _check_delete(ctx, bucket: str, caps, notes: list[str]) -> None:
+    """A canary put, then deleted as the job deletes (ponoskit.s3.delete)."""
+    capabilities.sweep_stale_canaries(ctx.s3, bucket, caps)
+    key = f"{CANARY_PREFIX}{uuid.uuid4()}/ponos-maint-{ctx.job}"
+    version = None
+    try:
+        answer = ctx.retrier.call("PutObject", ctx.s3.put_object, Bucket=bucket, Key=key,
+                                  Body=b"ponos-maint canary: deleted at once")
+        version = answer.get("VersionId")
+    except (ClientError, BotoCoreError) as exc:
+        if kind_of(exc) is not Kind.PERMISSION:
+            raise_typed(exc, f"putting the canary s3://{bucket}/{key}")
+        notes.append(f"s3:PutObject refused on the canary ({one_line(exc)}); the job never writes: "
+                     "s3:DeleteObject was checked on a canary key that does not exist")
+    try:
+        [error] = delete_objects(ctx.s3, bucket, [key], retrier=ctx.retrier)
+    except S3PermissionError as exc:
+        raise S3PermissionError(f"bucket {bucket!r}: the job needs s3:DeleteObject ({exc}); "
+                                "nothing of yours was changed") from None
+    if error is not None:
+        if error.kind is Kind.PERMISSION:
+            raise S3PermissionError(f"bucket {bucket!r}: the job needs s3:DeleteObject ({error.code} on the "
+                                    f"canary {key!r}); nothing of yours was changed")
+        raise PonosError(f"bucket {bucket!r}: the canary {key!r} could not be deleted ({error}); "
+                         "nothing of yours was changed")
+    if version and version != "null" and caps.versioned:
+        _remove_canary_versions(ctx, bucket, key, caps, notes)
+
+
+def _remove_canary_versions(ctx, bucket: str, key: str, caps, notes: list[str]) -> None:
+    """A delete by key on a versioned bucket leaves the canary's version and a delete marker:
+    remove both if the role may (s3:DeleteObjectVersion, which the job itself does not need)."""
+    try:
+        page = ctx.s3.list_object_versions(Bucket=bucket, Prefix=key)
+        versions = [(v["Key"], v["VersionId"]) for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+                    if v["Key"] == key]
+        capabilities._remove(ctx.s3, bucket, versions, caps)
+    except (ClientError, BotoCoreError, S3PermissionError) as exc:
+        notes.append(f"the canary's versions stay in the versioned bucket ({one_line(exc)})")
 
 
 def database_error(exc: psycopg.Error) -> PonosError:

@@ -1,12 +1,16 @@
-"""Delete what outbox targets cover, after the commit: list, then DeleteObjects in batches.
+"""Delete what outbox targets cover, after the commit: DeleteObjects in batches.
 
-Each target (a task's log key, or its artifacts prefix) gets a future of its own
-(:class:`TargetWork`), settled once it is listed and every delete it caused has answered:
+Each target (an exact key, or a prefix) gets a future of its own (:class:`TargetWork`),
+settled once every delete it caused has answered:
 
-  list the objects it covers  ->  the bucket's delete buffers (DeleteObjects, 1,000 keys, with
-  the robust splitting of ponoskit.s3.delete) -> the target's future -> done: the outbox row
-  goes to the outbox buffer, which deletes rows in batches; refused: the row counts a failed
-  attempt (set aside after a few, see maint.outbox) and stays for the next run.
+  an exact key goes straight to the bucket's delete buffers; a prefix is listed first, and
+  each object found goes there  ->  DeleteObjects, 1,000 keys, with the robust splitting of
+  ponoskit.s3.delete -> the target's future -> done: the outbox row goes to the outbox
+  buffer, which deletes rows in batches; refused: the row counts a failed attempt (set aside
+  after a few, see maint.outbox) and stays for the next run.
+
+With ``list_keys`` (``--list-prefixes``, the behaviour before keys came from the database)
+exact keys are listed too, so a key that is not there is not counted as an object.
 
 Listing: one LIST per target by default. When the caller says a batch is *dense* (its tasks
 are most of the tasks in their id range: the usual backlog), targets that share a key prefix
@@ -25,7 +29,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable, Optional
 
@@ -35,7 +39,7 @@ from ponoskit.s3.listing import ObjectInfo, iter_objects
 
 from . import outbox
 from .listing_plan import plan_listings
-from .outbox import Target
+from .outbox import KEY, Target
 
 _instances = itertools.count(1)
 MAX_LISTED_ERRORS = 100
@@ -91,13 +95,17 @@ class TargetWork:
 
 
 class Purger:
-    def __init__(self, ctx, *, count_only: bool, listing_threads: int = 16, delete_shards: int = 4,
-                 max_in_flight: int = 4000, group_size: int = 1000):
+    def __init__(self, ctx, *, count_only: bool, list_keys: bool = False, listing_threads: int = 16,
+                 delete_shards: int = 4, max_in_flight: int = 4000, group_size: int = 1000):
         self.ctx = ctx
         self.client = ctx.s3  # built here, in the caller's thread, before workers share it
         self.retrier = ctx.retrier
         self.report = ctx.report
         self.count_only = count_only
+        self.list_keys = list_keys
+        self.shards = delete_shards
+        # Keys deleted (or, counting only, that would be) per bucket: a dry run's DELETE estimate.
+        self.keys_by_bucket: Counter = Counter()
         self.group_size = group_size
         self.broken: Optional[BaseException] = None
         self._serial = next(_instances)
@@ -106,7 +114,6 @@ class Purger:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
-        self._shards = delete_shards
         self._buffers = []
         self._delete_buffers: dict[tuple[str, int], object] = {}
         self._errors_listed = 0
@@ -133,8 +140,10 @@ class Purger:
                 self._in_flight += 1
             work = TargetWork(target)
             work.future.add_done_callback(lambda done: self._settle(done.result()))
+            if target.kind == KEY and not self.list_keys:
+                self._delete_key(work)
             # Matching by bisection needs disjoint targets; a duplicate or nested one goes alone.
-            if disjoint and (disjoint[-1].target.key == target.key or disjoint[-1].target.covers(target.key)):
+            elif disjoint and (disjoint[-1].target.key == target.key or disjoint[-1].target.covers(target.key)):
                 self._pool.submit(self._list, target.key, [work])
             else:
                 disjoint.append(work)
@@ -167,17 +176,30 @@ class Purger:
             for work in works[listed:]:
                 work.give_up(exc)
 
-    def _found(self, work: TargetWork, obj: ObjectInfo) -> None:
-        if self.count_only:
-            self._count_deleted(obj)
+    def _delete_key(self, work: TargetWork) -> None:
+        """An exact key the database named: no listing, straight to the delete buffers."""
+        if self.broken is not None:
+            work.give_up(self.broken)
             return
-        shard = hash(obj.key) % self._shards
-        delete = self._delete_buffer(work.target.bucket, shard).submit(ObjectRef(obj.key))
-        work.expect(delete, lambda: self._count_deleted(obj))
+        self._found(work, ObjectInfo(work.target.key, 0, ""), listed=False)
+        work.listed()
 
-    def _count_deleted(self, obj: ObjectInfo) -> None:
+    def _found(self, work: TargetWork, obj: ObjectInfo, *, listed: bool = True) -> None:
+        if self.count_only:
+            self._count_deleted(work.target.bucket, obj, listed)
+            return
+        shard = hash(obj.key) % self.shards
+        delete = self._delete_buffer(work.target.bucket, shard).submit(ObjectRef(obj.key))
+        work.expect(delete, lambda: self._count_deleted(work.target.bucket, obj, listed))
+
+    def _count_deleted(self, bucket: str, obj: ObjectInfo, listed: bool) -> None:
+        """One key S3 confirmed gone. A key that was not listed may not have existed: S3 answers
+        a delete of a missing key with success, so its size is unknown (not in s3_bytes)."""
         self.report.count("s3_objects")
-        self.report.count("s3_bytes", obj.size)
+        if listed:
+            self.report.count("s3_bytes", obj.size)
+        with self._lock:
+            self.keys_by_bucket[bucket] += 1
 
     # --- deleting (buffer threads) --------------------------------------------------
     def _delete_buffer(self, bucket: str, shard: int):

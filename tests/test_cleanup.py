@@ -44,15 +44,22 @@ def test_deletes_exactly_the_due_tasks_their_rows_and_files_and_a_second_run_cha
     assert not any(a in due or b in due for a, b in after["parents"])
     assert any(a in due and b not in due for a, b in before["parents"])  # the cross links existed
     assert any(b in due and a not in due for a, b in before["parents"])
-    # S3: every object of a deleted task gone, every other object kept.
+    # S3: every key the rows of a deleted task named gone (and its log), every other object kept:
+    # an object without a row under a deleted task too (the orphan sweep's), and nothing listed.
     expected = folded.expected_listing(listing, due)
     assert folded.listing() == expected
+    strays = {k for k in expected["artifacts"] if k.split("/", 1)[0] in due}
+    assert strays and not strays & folded.registered
     gone = sum(len(listing[b]) - len(expected[b]) for b in listing)
     counts = report["counts"]
     assert counts["tasks"] == len(due)
     assert counts["processes"] == len({p for t, p in before["tasks"] if t in due})
     assert counts["artifacts"] == len(before["artifacts"]) - len(after["artifacts"])
     assert gone > 0 and counts["s3_objects"] == gone
+    assert counts.get("s3_listings", 0) == 0
+    # No LIST but the permission preflight's (its check and the stale-canary sweep, per bucket).
+    assert report["s3_requests"]["LIST"] == 2 * 2
+    assert folded.listing(canaries=True) == expected  # the canaries were deleted too
     assert report["status"] == "complete"
     assert folded.outbox_rows() == set()
 
@@ -100,7 +107,7 @@ def test_dry_run_changes_nothing_and_counts_what_the_real_run_deletes(folded, ru
 
     assert code == 0, output
     for name in ("processes", "tasks", "artifacts", "task_parents", "gpus_released", "s3_objects", "s3_bytes"):
-        assert planned["counts"][name] == done["counts"][name], name
+        assert planned["counts"].get(name, 0) == done["counts"].get(name, 0), name
 
 
 def test_before_replaces_now(folded, run_cli):

@@ -1,9 +1,11 @@
 """Fixtures and helpers of the cleanup tests (no tests here).
 
 ``folded`` builds a folded database (seeded legacy data, then the reference naive fold) and
-two buckets holding every task's files at NEW-layout keys, plus keys that are not ours. It
-then makes sure the interesting cases exist whatever the seed drew: an expired process with
-an unfinished task, a GPU held by a due task, parent links crossing from kept to due tasks.
+two buckets holding every task's files at NEW-layout keys, plus keys that are not ours and
+objects without a row under some tasks (the default cleanup leaves those to the orphan
+sweep; --list-prefixes deletes them). It then makes sure the interesting cases exist
+whatever the seed drew: an expired process with an unfinished task, a GPU held by a due
+task, parent links crossing from kept to due tasks.
 
 What the cleanup should delete is computed here independently (GROUP BY / HAVING over the
 seeded rows, not the job's NOT EXISTS query).
@@ -45,6 +47,17 @@ class Folded:
     ctx: object
     now: datetime
     stuck_process: str  # expired, but one task is unfinished
+    registered: set  # artifact keys that have a ponos_artifact row
+
+    def add_artifact(self, task: str, path: str, body: bytes = b"artifact") -> str:
+        """An artifact with its row and its object; returns its key."""
+        key = keys.artifact_key(task, path)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO ponos_artifact (id, task_id, path, size, created, updated) "
+                         "VALUES (%s, %s, %s, %s, now(), now())", (uuid.uuid4(), task, path, len(body)))
+        self.ctx.s3.put_object(Bucket=self.artifacts, Key=key, Body=body)
+        self.registered.add(key)
+        return key
 
     def cli_args(self, *extra: str) -> list[str]:
         return ["--dsn", self.dsn, "--artifacts-bucket", self.artifacts, "--logs-bucket", self.logs,
@@ -63,16 +76,34 @@ class Folded:
     def state(self) -> dict:
         return db_state(self.dsn)
 
-    def listing(self) -> dict[str, dict]:
-        return {"artifacts": list_keys(self.ctx.s3, self.artifacts), "logs": list_keys(self.ctx.s3, self.logs)}
+    def listing(self, *, canaries: bool = False) -> dict[str, dict]:
+        """Every object of both buckets; without the permission preflight's canaries (under
+        keys.CANARY_PREFIX: a run killed between a canary's PUT and its DELETE leaves one, which
+        a later run sweeps), unless asked."""
+        found = {"artifacts": list_keys(self.ctx.s3, self.artifacts), "logs": list_keys(self.ctx.s3, self.logs)}
+        if canaries:
+            return found
+        return {role: {k: v for k, v in objects.items() if not keys.is_canary(k)} for role, objects in found.items()}
 
-    def expected_listing(self, before_listing: dict, gone_tasks: set[str]) -> dict:
+    def expected_listing(self, before_listing: dict, gone_tasks: set[str], *, prefixes: bool = False) -> dict:
+        """The buckets once ``gone_tasks`` are cleaned up: their logs and the keys their rows
+        named go (``prefixes``: everything under their prefix, as --list-prefixes does)."""
+        def gone(key: str) -> bool:
+            task = key.split("/", 1)[0]
+            return task in gone_tasks and (prefixes or key in self.registered)
         return {
-            "artifacts": {k: v for k, v in before_listing["artifacts"].items()
-                          if not any(k.startswith(keys.artifact_prefix(t)) for t in gone_tasks)},
+            "artifacts": {k: v for k, v in before_listing["artifacts"].items() if not gone(k)},
             "logs": {k: v for k, v in before_listing["logs"].items()
                      if k not in {keys.log_key(t) for t in gone_tasks}},
         }
+
+    def owed_rows(self, tasks: set[str]) -> set[tuple[str, str, str]]:
+        """The outbox rows a default cleanup of ``tasks`` writes (before it ran: rows are read)."""
+        with psycopg.connect(self.dsn) as conn:
+            paths = conn.execute("SELECT task_id::text, path FROM ponos_artifact WHERE task_id::text = ANY(%s)",
+                                 (sorted(tasks),)).fetchall()
+        return ({(self.logs, keys.log_key(t), "key") for t in tasks}
+                | {(self.artifacts, keys.artifact_key(t, p), "key") for t, p in paths})
 
     def outbox_rows(self) -> set[tuple[str, str, str]]:
         with psycopg.connect(self.dsn) as conn:
@@ -120,12 +151,14 @@ def make_folded(make_database, context_factory, make_bucket, spec: SeedSpec) -> 
     live = task_ids[0]
     objects = [(artifacts, keys.artifact_key(t, p)) for t, p in artifact_rows]
     objects += [(logs, keys.log_key(t)) for t in task_ids]
-    # An extra, unregistered object under a task: the cleanup must list the prefix, not trust rows.
+    # An extra object without a row under a task: --list-prefixes deletes it, the default
+    # cleanup leaves it to the orphan sweep.
     objects += [(artifacts, keys.artifact_key(t, "unregistered/extra.bin")) for t in task_ids[::3]]
     objects += [(artifacts, key) for key in FOREIGN_ARTIFACT_KEYS]
     objects += [(artifacts, keys.legacy_artifact_key(uuid.uuid4(), live, "left/behind.txt"))]
     upload(ctx, objects)
-    return Folded(dsn, artifacts, logs, ctx, spec.now, stuck)
+    registered = {keys.artifact_key(t, p) for t, p in artifact_rows}
+    return Folded(dsn, artifacts, logs, ctx, spec.now, stuck, registered)
 
 
 def upload(ctx, objects: list[tuple[str, str]]) -> None:

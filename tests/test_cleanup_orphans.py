@@ -1,4 +1,5 @@
-"""The orphan sweep: new-layout objects whose task no longer exists, older than the grace period."""
+"""The orphan sweep: objects whose task no longer exists (new layout, and legacy-shaped keys of
+missing tasks), older than the grace period; never a key whose task exists."""
 
 from __future__ import annotations
 
@@ -26,27 +27,40 @@ def with_orphans(folded):
             conn.execute("DELETE FROM ponos_artifact WHERE task_id = ANY(%s::uuid[])", (gone,))
             conn.execute("DELETE FROM ponos_task WHERE id = ANY(%s::uuid[])", (gone,))
     stray, stray_log = str(uuid.uuid4()), str(uuid.uuid4())
+    legacy_orphans = {
+        "artifacts": {keys.legacy_artifact_key(uuid.uuid4(), uuid.uuid4(), "unknown.txt"),
+                      keys.legacy_artifact_key(uuid.uuid4(), gone[0], "deleted/task.txt")},
+        "logs": {keys.legacy_log_key(uuid.uuid4(), 1, uuid.uuid4()), keys.legacy_log_key(uuid.uuid4(), 2, gone[1])},
+    }
     upload(folded.ctx, [
         (folded.artifacts, keys.artifact_key(stray, "left over.txt")),
         (folded.logs, keys.log_key(stray_log)),
-        # Legacy shapes stay, whether their task exists or not (the rename may still move them):
+        # A legacy key whose task exists stays (the rename may still move it) ...
         (folded.artifacts, keys.legacy_artifact_key(uuid.uuid4(), live, "legacy.txt")),
-        (folded.artifacts, keys.legacy_artifact_key(uuid.uuid4(), uuid.uuid4(), "unknown.txt")),
-        (folded.logs, keys.legacy_log_key(uuid.uuid4(), 1, uuid.uuid4())),
+        (folded.logs, keys.legacy_log_key(uuid.uuid4(), 3, live)),
         (folded.logs, keys.log_key(stray_log) + ".bak"),  # not a log key shape: stays
+        # ... one whose task is gone is an orphan (orphan_legacy).
+        *((bucket, key) for role, bucket in (("artifacts", folded.artifacts), ("logs", folded.logs))
+          for key in legacy_orphans[role]),
     ])
     listing = folded.listing()
     orphans = {
         "artifacts": {k for k in listing["artifacts"]
-                      if any(k.startswith(keys.artifact_prefix(t)) for t in [*gone, stray])},
-        "logs": {keys.log_key(t) for t in [*gone, stray_log] if keys.log_key(t) in listing["logs"]},
+                      if any(k.startswith(keys.artifact_prefix(t)) for t in [*gone, stray])}
+        | legacy_orphans["artifacts"],
+        "logs": {keys.log_key(t) for t in [*gone, stray_log] if keys.log_key(t) in listing["logs"]}
+        | legacy_orphans["logs"],
     }
-    assert orphans["artifacts"] and len(orphans["logs"]) >= 2
+    assert orphans["artifacts"] and len(orphans["logs"]) >= 4
     return folded, orphans
 
 
+def _legacy(keys_: set[str]) -> set[str]:
+    return {k for k in keys_ if keys.classify(k, set()).kind is keys.Kind.ORPHAN_LEGACY}
+
+
 def _args(folded, *extra):
-    return ["orphans", *folded.cli_args("--before", later(folded.now, days=2), *extra)]
+    return ["orphans", *folded.cli_args("--before", later(folded.now, days=2), "--allow-future-before", *extra)]
 
 
 def test_orphan_sweep_dry_run_then_grace_then_exactly_the_orphans(with_orphans, run_cli):
@@ -71,10 +85,12 @@ def test_orphan_sweep_dry_run_then_grace_then_exactly_the_orphans(with_orphans, 
 
     assert code == 0, output
     assert report["counts"]["orphan_objects"] == count
+    assert report["counts"]["orphan_legacy_objects"] == len(_legacy(orphans["artifacts"] | orphans["logs"])) >= 4
     assert folded.listing() == {role: {k: v for k, v in listing[role].items() if k not in orphans[role]}
                                 for role in listing}
     assert folded.state() == state
-    assert report["counts"]["orphan_scan_not_new_layout"] >= 3  # the legacy-shaped keys, seen and kept
+    assert report["counts"]["orphan_scan_not_new_layout"] >= 3  # legacy keys of a live task, seen and kept
+    assert report["counts"]["orphan_objects_scanned"] >= count
 
     code, output, report = run_cli(*_args(folded, "--grace", "1d"))
     assert code == 0 and report["counts"].get("orphan_objects", 0) == 0
@@ -87,7 +103,8 @@ def test_cleanup_with_orphans_flag_runs_both(with_orphans, run_cli):
     code, output, report = run_cli("cleanup", "--orphans", "--grace", "0s", *folded.cli_args())
 
     assert code == 0, output
-    expected = folded.expected_listing(listing, due)
+    # The cleanup deletes the keys rows name; the sweep then finds what was under their prefixes.
+    expected = folded.expected_listing(listing, due, prefixes=True)
     assert folded.listing() == {role: {k: v for k, v in expected[role].items() if k not in orphans[role]}
                                 for role in expected}
     assert report["counts"]["tasks"] == len(due)

@@ -6,6 +6,7 @@ the proxy in front of it.
 from __future__ import annotations
 
 import psycopg
+import pytest
 
 from maint import outbox
 from ponoskit import keys
@@ -19,32 +20,38 @@ def _due_task_with_artifacts(folded) -> str:
             (sorted(folded.due_tasks()),)).fetchone()[0]
 
 
-def test_a_key_xml_cannot_carry_never_strands_the_others_of_its_batch(folded, run_cli):
+MODES = {"keys": (), "prefixes": ("--list-prefixes",)}  # the keys rows name, or each task's prefix listed
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_key_xml_cannot_carry_never_strands_the_others_of_its_batch(folded, run_cli, mode):
     task = _due_task_with_artifacts(folded)
-    bell = keys.artifact_key(task, "bell\x07and\uffffnonchar.bin")
-    folded.ctx.s3.put_object(Bucket=folded.artifacts, Key=bell, Body=b"ring")
+    bell = folded.add_artifact(task, "bell\x07and\uffffnonchar.bin", b"ring")
     state, listing, due = folded.state(), folded.listing(), folded.due_tasks()
     assert bell in listing["artifacts"]
 
-    code, output, report = run_cli("cleanup", *folded.cli_args())
+    code, output, report = run_cli("cleanup", *folded.cli_args(*MODES[mode]))
 
     assert code == 0, output
     assert folded.state() == expected_state(state, due)
-    assert folded.listing() == folded.expected_listing(listing, due)  # the bell key and its neighbours gone
+    # The bell key and its neighbours gone.
+    assert folded.listing() == folded.expected_listing(listing, due, prefixes=mode == "prefixes")
     assert folded.outbox_rows() == set()
     assert report["counts"]["s3_objects"] == sum(len(v) for v in listing.values()) - sum(
         len(v) for v in folded.listing().values())
 
 
-def test_a_key_s3_keeps_refusing_is_retried_then_set_aside_and_never_stalls_the_rest(folded, run_cli, fault_proxy):
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_key_s3_keeps_refusing_is_retried_then_set_aside_and_never_stalls_the_rest(folded, run_cli, fault_proxy,
+                                                                                    mode):
     task = _due_task_with_artifacts(folded)
     # XML cannot carry it, so it is deleted alone, with DeleteObject; a bucket policy denies
     # deleting this one key (403), and only this one.
-    stubborn = keys.artifact_key(task, "protected/by-a-policy\x07.bin")
-    folded.ctx.s3.put_object(Bucket=folded.artifacts, Key=stubborn, Body=b"kept by policy")
+    stubborn = folded.add_artifact(task, "protected/by-a-policy\x07.bin", b"kept by policy")
     fault_proxy.add("denied", operations=("DeleteObject",), key="protected/by-a-policy\x07.bin")
     state, listing, due = folded.state(), folded.listing(), folded.due_tasks()
-    args = folded.cli_args("--batch-size", "5")
+    prefixes = mode == "prefixes"
+    args = folded.cli_args("--batch-size", "5", *MODES[mode])
     args[args.index("--endpoint-url") + 1] = fault_proxy.endpoint
 
     codes = []
@@ -53,12 +60,13 @@ def test_a_key_s3_keeps_refusing_is_retried_then_set_aside_and_never_stalls_the_
         codes.append(code)
         # Every other due task, row and file, is gone from the first run on.
         assert folded.state() == expected_state(state, due), output
-        gone = folded.expected_listing(listing, due)
+        gone = folded.expected_listing(listing, due, prefixes=prefixes)
         gone["artifacts"][stubborn] = listing["artifacts"][stubborn]
         assert folded.listing() == gone
     assert codes == [1] * outbox.MAX_ATTEMPTS  # never 0 while something in scope is left
     assert report["counts"]["outbox_set_aside"] == 1
-    assert report["items"]["outbox_set_aside_rows"][0]["key"] == keys.artifact_prefix(task)
+    # The target set aside: the task's prefix (listed), or the key itself (named by its row).
+    assert report["items"]["outbox_set_aside_rows"][0]["key"] == (keys.artifact_prefix(task) if prefixes else stubborn)
     assert "AccessDenied" in report["items"]["outbox_set_aside_rows"][0]["last_error"]
 
     # Set aside: the next run does not try again (the key is not touched) and still says so.
@@ -70,5 +78,5 @@ def test_a_key_s3_keeps_refusing_is_retried_then_set_aside_and_never_stalls_the_
     fault_proxy.clear()
     code, output, report = run_cli("cleanup", *args, "--retry-set-aside")
     assert code == 0, output
-    assert folded.listing() == folded.expected_listing(listing, due)
+    assert folded.listing() == folded.expected_listing(listing, due, prefixes=prefixes)
     assert folded.outbox_rows() == set()
