@@ -51,12 +51,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # measure.py, whichever way the script is started
 
-from ponoskit import keys, local  # noqa: E402
+from ponoskit import keys  # noqa: E402
+from ponos_dev import local  # noqa: E402
 from ponoskit.aio import run_bounded  # noqa: E402
 from ponoskit.connections import S3Settings  # noqa: E402
 from ponoskit.context import Context  # noqa: E402
-from ponoskit.schema import naive_fold  # noqa: E402
-from ponoskit.seed import SeedSpec, load_legacy_schema, seed_database  # noqa: E402
+from ponos_dev.naive_fold import naive_fold  # noqa: E402
+from ponos_dev.seed import SeedSpec, load_legacy_schema, seed_database  # noqa: E402
 
 from measure import cpu_seconds, wait_sampling_rss, wait_until_idle  # noqa: E402
 

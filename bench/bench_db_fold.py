@@ -5,7 +5,7 @@
     .venv/bin/python bench/bench_db_fold.py --dsn postgresql://...   # an existing server (CREATE DATABASE needed)
 
 One legacy database is seeded (COPY), vacuumed and copied twice with CREATE DATABASE ...
-TEMPLATE; the naive fold (ponoskit.schema.naive_fold, what a framework migration does) runs
+TEMPLATE; the naive fold (ponos_dev.naive_fold, what a framework migration does) runs
 on one copy and ``fold_workflows`` on the other. During each, a probe thread plays the
 application: every ~50 ms it reads and updates one row of ponos_task and one of
 process_process, and the longest of those statements is the longest the application waited.
@@ -33,7 +33,9 @@ import psycopg  # noqa: E402
 from psycopg.conninfo import make_conninfo  # noqa: E402
 
 from migrate.db_fold_workflow import FoldOptions, LockPolicy, fold_workflows  # noqa: E402
-from ponoskit import local, schema, seed  # noqa: E402
+from ponoskit import schema  # noqa: E402
+from ponos_dev import local, seed  # noqa: E402
+from ponos_dev.naive_fold import naive_fold  # noqa: E402
 from ponoskit.context import Context  # noqa: E402
 
 PROBE_INTERVAL = 0.05
@@ -139,7 +141,7 @@ def main() -> int:
 
         def naive() -> None:
             with psycopg.connect(naive_dsn, autocommit=True) as conn:
-                schema.naive_fold(conn)
+                naive_fold(conn)
 
         def fold(dsn: str, phase: str) -> Callable[[], None]:
             def run() -> None:

@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))  # measure.py, whichever way the script is started
 
-from ponoskit import keys, local, seed  # noqa: E402
+from ponoskit import keys  # noqa: E402
+from ponos_dev import local, seed  # noqa: E402
 from ponoskit.aio import run_bounded  # noqa: E402
 from ponoskit.connections import S3Settings  # noqa: E402
 from ponoskit.context import Context  # noqa: E402

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 from psycopg.conninfo import make_conninfo  # noqa: E402
 
-from ponoskit import local, seed  # noqa: E402
+from ponos_dev import local, seed  # noqa: E402
 from ponoskit.connections import S3Settings  # noqa: E402
 from ponoskit.context import Context  # noqa: E402
 from tests.workload import LEGACY, NEW, Ledger, TaskRecord, Worker  # noqa: E402

@@ -21,7 +21,8 @@ from typing import Callable, Optional
 
 
 from maint.cleanup import CleanupOptions, run_cleanup
-from ponoskit import keys, local, schema, seed
+from ponoskit import keys, schema
+from ponos_dev import local, seed
 from ponoskit.cli import progress
 from ponoskit.connections import S3Settings
 from ponoskit.context import Context

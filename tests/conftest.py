@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from ponoskit import local, seed
+from ponos_dev import local, seed
 from ponoskit.connections import S3Settings
 from ponoskit.context import Context
 

@@ -21,7 +21,7 @@ import pytest
 
 from ponoskit import keys
 from ponoskit.s3.listing import timestamp
-from ponoskit.seed import SeedSpec
+from ponos_dev.seed import SeedSpec
 from tests.conftest import list_keys
 from tests.test_cleanup_fixtures import Folded, expected_state, maint_command, make_folded, run_cli  # noqa: F401
 from tests.test_s3_rename import _cli, assert_moved, bigger, expected_moves, rename  # noqa: F401 - fixture

@@ -31,8 +31,8 @@ from click.testing import CliRunner
 from maint.cli import main
 from ponoskit import keys
 from ponoskit.aio import run_bounded
-from ponoskit.schema import naive_fold
-from ponoskit.seed import SeedSpec, seed_database
+from ponos_dev.naive_fold import naive_fold
+from ponos_dev.seed import SeedSpec, seed_database
 from tests.conftest import list_keys
 
 UNFINISHED = ("unscheduled", "pending", "running", "stopping")

@@ -19,7 +19,7 @@ from botocore.exceptions import EndpointConnectionError
 import ponoskit.connections
 from maint.cleanup import LOCK_KEY
 from ponoskit.keys import CANARY_PREFIX
-from ponoskit.seed import SeedSpec, seed_database
+from ponos_dev.seed import SeedSpec, seed_database
 from tests.test_cleanup_fixtures import (  # noqa: F401 - fixtures
     expected_state, folded, maint_command, make_folded, run_cli)
 

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from maint.cli import main as maint_main
 from migrate.cli import main as migrate_main
-from ponoskit import seed
-from ponoskit.schema import naive_fold
+from ponos_dev import seed
+from ponos_dev.naive_fold import naive_fold
 from tests.conftest import list_keys
 
 COMMANDS = {

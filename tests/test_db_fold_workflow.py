@@ -1,6 +1,6 @@
 """``ponos-migrate db-fold-workflow`` against a real PostgreSQL.
 
-The reference end state is :func:`ponoskit.schema.naive_fold` run on a twin database seeded
+The reference end state is :func:`ponos_dev.naive_fold.naive_fold` run on a twin database seeded
 with the same spec; every fold here is run again and must change nothing the second time.
 """
 
@@ -31,7 +31,9 @@ from migrate.db_fold_workflow import FOLD_LOCK_KEY, KEPT_WORKFLOW_TABLE
 from migrate.fold.ddl import Ddl, LockPolicy
 from migrate.fold import consistency
 from migrate.fold.orphans import OUTBOX
-from ponoskit import keys, schema, seed
+from ponoskit import keys, schema
+from ponos_dev import seed
+from ponos_dev.naive_fold import naive_fold
 
 REPO = Path(__file__).resolve().parents[1]
 FOLD_APP = "ponos-db-fold-workflow"  # the application_name of the fold's sessions
@@ -158,7 +160,7 @@ def twins(make_database):
     def make(**spec) -> tuple[str, str]:
         naive, ours = seeded_database(make_database, **spec), seeded_database(make_database, **spec)
         with connect(naive) as conn:
-            schema.naive_fold(conn)
+            naive_fold(conn)
         return naive, ours
     return make
 

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from ponoskit import local, seed
+from ponos_dev import local, seed
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,7 +14,8 @@ import maint.outbox
 from maint import fold_leftovers
 from migrate.cli import main as migrate_main
 from migrate.fold import orphans as fold_orphans
-from ponoskit import keys, seed
+from ponoskit import keys
+from ponos_dev import seed
 from ponoskit.keys import CANARY_PREFIX
 from tests.conftest import list_keys
 from tests.test_cleanup_fixtures import folded, run_cli, upload  # noqa: F401 - fixtures

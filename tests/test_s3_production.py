@@ -155,7 +155,7 @@ def test_a_half_done_move_is_finished_only_when_the_content_is_proven_the_same(s
 @pytest.mark.parametrize("versioned", [False, True], ids=["unversioned", "versioned"])
 def test_a_source_rewritten_between_copy_and_delete_is_never_lost(legacy_dsn, context_factory, make_bucket, s3_env,
                                                                    tmp_path, fault_proxy, versioned):
-    from ponoskit import seed
+    from ponos_dev import seed
     ctx = context_factory(legacy_dsn)
     artifacts, logs = make_bucket("artifacts"), make_bucket("logs")
     if versioned:
@@ -435,7 +435,7 @@ def test_a_bucket_in_another_region_is_found_and_used(legacy_dsn, context_factor
                                                       s3_implementation):
     import uuid
 
-    from ponoskit import seed
+    from ponos_dev import seed
     ctx = context_factory(legacy_dsn)
     bucket = f"eu-{uuid.uuid4().hex[:16]}"
     ctx.s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})

@@ -98,7 +98,7 @@ def test_content_type_and_metadata_survive(seeded, runner_args):
 
 
 def test_same_bucket_for_artifacts_and_logs(legacy_dsn, context_factory, make_bucket, s3_env, tmp_path):
-    from ponoskit import seed
+    from ponos_dev import seed
     ctx = context_factory(legacy_dsn)
     bucket = make_bucket("shared")
     with psycopg.connect(legacy_dsn, autocommit=True) as conn:
@@ -271,7 +271,7 @@ def _cli(*args):
 @pytest.fixture
 def bigger(legacy_dsn, context_factory, make_bucket):
     """About 1,800 objects: enough for a run to be killed in the middle."""
-    from ponoskit import seed
+    from ponos_dev import seed
     ctx = context_factory(legacy_dsn)
     artifacts, logs = make_bucket("artifacts"), make_bucket("logs")
     with psycopg.connect(legacy_dsn, autocommit=True) as conn:

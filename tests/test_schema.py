@@ -1,6 +1,8 @@
 import psycopg
 
-from ponoskit import schema, seed
+from ponoskit import schema
+from ponos_dev import seed
+from ponos_dev.naive_fold import naive_fold
 
 
 def test_naive_fold_turns_legacy_into_folded(legacy_dsn):
@@ -9,7 +11,7 @@ def test_naive_fold_turns_legacy_into_folded(legacy_dsn):
         assert schema.schema_state(conn) == schema.LEGACY
         expected = dict(conn.execute(
             "SELECT t.id, p.id FROM ponos_task t JOIN process_process p ON p.workflow_id = t.workflow_id").fetchall())
-        schema.naive_fold(conn)
+        naive_fold(conn)
         assert schema.schema_state(conn) == schema.FOLDED
         assert dict(conn.execute("SELECT id, process_id FROM ponos_task").fetchall()) == expected
         unstarted = conn.execute("SELECT count(*) FROM process_process WHERE started IS NULL").fetchone()[0]

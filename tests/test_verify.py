@@ -72,7 +72,7 @@ def test_verify_finds_missing_objects_orphans_and_size_mismatches(seeded, s3_env
 
 
 def test_verify_one_bucket_for_both(legacy_dsn, context_factory, make_bucket, s3_env, tmp_path):
-    from ponoskit import seed
+    from ponos_dev import seed
     ctx = context_factory(legacy_dsn)
     bucket = make_bucket("shared")
     with psycopg.connect(legacy_dsn, autocommit=True) as conn:

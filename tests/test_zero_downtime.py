@@ -20,7 +20,8 @@ import pytest
 from click.testing import CliRunner
 
 from migrate.cli import main as migrate_main
-from ponoskit import keys, schema, seed
+from ponoskit import keys, schema
+from ponos_dev import seed
 from tests.conftest import list_keys
 from tests.workload import LEGACY, NEW, Ledger, Worker
 

@@ -20,8 +20,8 @@ from typing import Iterator
 
 import psycopg
 
-from . import keys, tasks
-from .aio import run_bounded
+from ponoskit import keys, tasks
+from ponoskit.aio import run_bounded
 
 AWKWARD_PATHS = [
     "results/page 1.json",
@@ -81,7 +81,7 @@ class SeedSummary:
 
 
 def load_legacy_schema(conn: psycopg.Connection) -> None:
-    sql = resources.files("ponoskit").joinpath("legacy_schema.sql").read_text(encoding="utf-8")
+    sql = resources.files("ponos_dev").joinpath("legacy_schema.sql").read_text(encoding="utf-8")
     conn.execute(sql)
 
 
