@@ -59,7 +59,7 @@ def _check_list(ctx, bucket: str) -> None:
         ctx.retrier.call("ListObjectsV2", ctx.s3.list_objects_v2, Bucket=bucket, Prefix=CANARY_PREFIX, MaxKeys=1)
     except (ClientError, BotoCoreError) as exc:
         if kind_of(exc) is Kind.PERMISSION:
-            capabilities._refused(exc, bucket, "s3:ListBucket")
+            capabilities.raise_refused(exc, bucket, "s3:ListBucket")
         raise_typed(exc, f"listing s3://{bucket}/{CANARY_PREFIX}")
 
 
@@ -99,7 +99,7 @@ def _remove_canary_versions(ctx, bucket: str, key: str, caps, notes: list[str]) 
         page = ctx.s3.list_object_versions(Bucket=bucket, Prefix=key)
         versions = [(v["Key"], v["VersionId"]) for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
                     if v["Key"] == key]
-        capabilities._remove(ctx.s3, bucket, versions, caps)
+        capabilities.remove_canaries(ctx.s3, bucket, versions, caps)
     except (ClientError, BotoCoreError, S3PermissionError) as exc:
         notes.append(f"the canary's versions stay in the versioned bucket ({one_line(exc)})")
 

@@ -110,7 +110,7 @@ def probe(client, bucket: str, capabilities: BucketCapabilities, *, make_store, 
             put(first, b"ponos-toolkit canary: first")
             put(second, b"ponos-toolkit canary: second")
         except (ClientError, BotoCoreError) as exc:
-            _refused(exc, bucket, "s3:PutObject")
+            raise_refused(exc, bucket, "s3:PutObject")
         # 1. CopyObject with If-None-Match onto an existing key.
         try:
             call("CopyObject", client.copy_object, Bucket=bucket, Key=second, IfNoneMatch="*",
@@ -120,7 +120,7 @@ def probe(client, bucket: str, capabilities: BucketCapabilities, *, make_store, 
             if kind_of(exc) is Kind.PRECONDITION:
                 capabilities.conditional_copy = True
             else:
-                _refused(exc, bucket, "s3:GetObject and s3:PutObject (CopyObject)")
+                raise_refused(exc, bucket, "s3:GetObject and s3:PutObject (CopyObject)")
         # 2. obstore: the awkward key, then the condition.
         try:
             from .copy import obstore_copy
@@ -151,7 +151,7 @@ def probe(client, bucket: str, capabilities: BucketCapabilities, *, make_store, 
                 _refused_code(refused[0], bucket)
         except (ClientError, BotoCoreError) as exc:
             if kind_of(exc) is Kind.PERMISSION:
-                _refused(exc, bucket, "s3:DeleteObject")
+                raise_refused(exc, bucket, "s3:DeleteObject")
             capabilities.notes.append(f"DeleteObjects with an ETag refused ({one_line(exc)}): deletes are plain")
         # 4. Else DeleteObject with If-Match (some servers honour it there only).
         if not capabilities.conditional_delete:
@@ -168,7 +168,7 @@ def probe(client, bucket: str, capabilities: BucketCapabilities, *, make_store, 
                                           "its copy and its delete would be lost (a versioned bucket keeps it)")
         capabilities.probed = True
     finally:
-        _remove(client, bucket, written, capabilities)
+        remove_canaries(client, bucket, written, capabilities)
 
 
 def sweep_stale_canaries(client, bucket: str, capabilities: BucketCapabilities) -> int:
@@ -190,13 +190,13 @@ def sweep_stale_canaries(client, bucket: str, capabilities: BucketCapabilities) 
                              if v["Key"] in set(stale)]
         except (ClientError, BotoCoreError):
             pass
-    _remove(client, bucket, [(key, None) for key in stale] + versions, capabilities)
+    remove_canaries(client, bucket, [(key, None) for key in stale] + versions, capabilities)
     if stale:
         capabilities.notes.append(f"removed {len(stale)} canary object(s) an interrupted run left behind")
     return len(stale)
 
 
-def _remove(client, bucket: str, written: list[tuple[str, Optional[str]]], capabilities: BucketCapabilities) -> None:
+def remove_canaries(client, bucket: str, written: list[tuple[str, Optional[str]]], capabilities: BucketCapabilities) -> None:
     for key, version in dict.fromkeys(written):
         try:
             if version and version != "null":
@@ -207,11 +207,11 @@ def _remove(client, bucket: str, written: list[tuple[str, Optional[str]]], capab
             if kind_of(exc) is Kind.NOT_FOUND:
                 continue
             if kind_of(exc) is Kind.PERMISSION:
-                _refused(exc, bucket, "s3:DeleteObject (and s3:DeleteObjectVersion on a versioned bucket)")
+                raise_refused(exc, bucket, "s3:DeleteObject (and s3:DeleteObjectVersion on a versioned bucket)")
             capabilities.notes.append(f"canary {key!r} left behind: {one_line(exc)}")
 
 
-def _refused(exc: BaseException, bucket: str, permission: str):
+def raise_refused(exc: BaseException, bucket: str, permission: str):
     if kind_of(exc) is Kind.PERMISSION:
         raise S3PermissionError(f"bucket {bucket!r}: the job needs {permission} ({one_line(exc)}); "
                                 "nothing of yours was changed") from None
