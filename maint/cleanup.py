@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional
 import psycopg
 
 from ponoskit import tasks
+from ponoskit.budget import RuntimeBudget, why_stop
 from ponoskit.s3.errors import S3PermissionError, one_line
 
 from . import billing, fold_leftovers, outbox, preflight
@@ -120,7 +121,7 @@ class Outcome:
 
 
 def run_cleanup(ctx, opts: CleanupOptions) -> Outcome:
-    started = _clock()
+    budget = RuntimeBudget(opts.max_runtime, clock=_clock)
     ctx.report.info.update(before=opts.before.isoformat(), batch_size=opts.batch_size,
                            artifacts_bucket=opts.artifacts_bucket, logs_bucket=opts.logs_bucket,
                            max_tasks=opts.max_tasks, list_prefixes=opts.list_prefixes)
@@ -136,7 +137,7 @@ def run_cleanup(ctx, opts: CleanupOptions) -> Outcome:
             report_unfinished_processes(ctx, params)
             if ctx.dry_run:
                 return plan(ctx, opts, params, requests, sent_before)
-            return clean(ctx, opts, params, started)
+            return clean(ctx, opts, params, budget)
         except psycopg.Error as exc:
             raise preflight.database_error(exc) from None
         finally:
@@ -155,19 +156,19 @@ def report_unfinished_processes(ctx, params: dict) -> None:
                         skipped, shown, ", ..." if skipped > 5 else "")
 
 
-def clean(ctx, opts: CleanupOptions, params: dict, started: float) -> Outcome:
+def clean(ctx, opts: CleanupOptions, params: dict, budget: RuntimeBudget) -> Outcome:
     reasons: list[str] = []
     purger = Purger(ctx, count_only=False, list_keys=opts.list_prefixes)
     try:
         with ctx.report.phase("outbox"):
-            drain_outbox(ctx, purger, opts, started)
+            drain_outbox(ctx, purger, opts, budget)
         stopped = ""
         if purger.broken is None:
             with ctx.report.phase("fold_leftovers"):
-                stopped = hand_over_fold_leftovers(ctx, purger, opts, started, reasons)
+                stopped = hand_over_fold_leftovers(ctx, purger, opts, budget, reasons)
         if purger.broken is None and not stopped:
             with ctx.report.phase("tasks"):
-                stopped = delete_due_tasks(ctx, purger, opts, params, started)
+                stopped = delete_due_tasks(ctx, purger, opts, params, budget)
         if stopped:
             reasons.append(stopped)
     finally:
@@ -197,7 +198,7 @@ def clean(ctx, opts: CleanupOptions, params: dict, started: float) -> Outcome:
     return Outcome(not reasons, reasons, transient=transient)
 
 
-def drain_outbox(ctx, purger: Purger, opts: CleanupOptions, started: float) -> None:
+def drain_outbox(ctx, purger: Purger, opts: CleanupOptions, budget: RuntimeBudget) -> None:
     if opts.retry_set_aside:
         released = outbox.release_set_aside(ctx.db)
         ctx.report.count("outbox_rows_released", released)
@@ -206,13 +207,13 @@ def drain_outbox(ctx, purger: Purger, opts: CleanupOptions, started: float) -> N
     if rows:
         ctx.log.info("outbox: %d target(s) owed by earlier runs go first", rows)
     for chunk in outbox.iter_pending(ctx.db, top):
-        if purger.broken is not None or _should_stop(opts, started):
+        if purger.broken is not None or why_stop(opts.stop, budget):
             break
         purger.submit(chunk)
     purger.wait()
 
 
-def hand_over_fold_leftovers(ctx, purger: Purger, opts: CleanupOptions, started: float,
+def hand_over_fold_leftovers(ctx, purger: Purger, opts: CleanupOptions, budget: RuntimeBudget,
                              reasons: list[str]) -> str:
     """The tasks the fold's ``--orphans delete`` recorded go to the outbox, a batch per
     transaction (maint.fold_leftovers); returns why it stopped early, or ''."""
@@ -227,7 +228,7 @@ def hand_over_fold_leftovers(ctx, purger: Purger, opts: CleanupOptions, started:
     while recorded:
         if purger.broken is not None:
             return "S3 failed"
-        reason = _should_stop(opts, started)
+        reason = why_stop(opts.stop, budget)
         if reason:
             return reason
         with ctx.transaction() as tx:
@@ -242,7 +243,7 @@ def hand_over_fold_leftovers(ctx, purger: Purger, opts: CleanupOptions, started:
     return ""
 
 
-def delete_due_tasks(ctx, purger: Purger, opts: CleanupOptions, params: dict, started: float) -> str:
+def delete_due_tasks(ctx, purger: Purger, opts: CleanupOptions, params: dict, budget: RuntimeBudget) -> str:
     """Batch after batch until nothing is due (or --max-tasks are gone); returns why it
     stopped early, or ''."""
     after = None
@@ -257,7 +258,7 @@ def delete_due_tasks(ctx, purger: Purger, opts: CleanupOptions, params: dict, st
                 return "S3 failed"
             if opts.max_tasks is not None and deleted >= opts.max_tasks:
                 return _max_tasks_reached(ctx, opts, params)
-            reason = _should_stop(opts, started)
+            reason = why_stop(opts.stop, budget)
             if reason:
                 return reason
             limit = opts.batch_size if opts.max_tasks is None else min(opts.batch_size, opts.max_tasks - deleted)
@@ -402,14 +403,6 @@ def log_summary(ctx, reasons: list[str]) -> None:
 def _count(ctx, counts: dict) -> None:
     for name, value in counts.items():
         ctx.report.count(name, value)
-
-
-def _should_stop(opts: CleanupOptions, started: float) -> str:
-    if opts.stop is not None and opts.stop.is_set():
-        return "stopped by a signal"
-    if opts.max_runtime is not None and _clock() - started >= opts.max_runtime:
-        return f"--max-runtime ({opts.max_runtime:g}s) reached"
-    return ""
 
 
 class _NoBar:

@@ -7,19 +7,17 @@ PostgreSQL kept failing (transient: run again later, what is owed waits in the o
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import threading
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import click
 
 from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, EXIT_TEMPFAIL, bucket_options, dsn_option, init_logging,
-                          parse_duration, prices_option, progress, remember_report, run_job, run_options, s3_options,
-                          writing_report)
+                          on_sigterm, parse_duration, prices_option, progress, remember_report, run_job,
+                          run_options, s3_options, writing_report)
 from ponoskit.connections import S3Settings, redact
 from ponoskit.context import Context
 from ponoskit.errors import ConfigError, FlushError
@@ -57,26 +55,13 @@ def _buckets(artifacts_bucket: Optional[str], logs_bucket: Optional[str]) -> tup
     return artifacts, logs
 
 
-@contextlib.contextmanager
-def _sigterm_sets(stop: threading.Event) -> Iterator[None]:
-    """While the job runs, SIGTERM (systemd stop, Kubernetes deadline) stops it between batches."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _execute(ctx: Context, report_path: Optional[str], job: Callable[[], Outcome],
              stop: threading.Event) -> int:
     """Run the job, write the report whatever happens, turn the outcome into an exit code."""
     fields = {"status": "error"}
     with writing_report(ctx.report, report_path, fields):
         try:
-            with _sigterm_sets(stop):
+            with on_sigterm(lambda *_: stop.set()):  # stops it between batches
                 outcome = job()
             status = "complete" if outcome.complete else "incomplete"
             try:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Iterable, Iterator, Optional
@@ -24,6 +23,7 @@ import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ponoskit import keys, tasks
+from ponoskit.budget import RuntimeBudget, why_stop
 from ponoskit.errors import FlushError, PonosError, TransientError
 from ponoskit.s3.delete import delete_buffer
 from ponoskit.s3.listing import iter_pages, iter_top_level, timestamp
@@ -47,7 +47,7 @@ class OrphanOptions:
 
 
 def run_orphans(ctx, opts: OrphanOptions) -> Outcome:
-    started = time.monotonic()
+    budget = RuntimeBudget(opts.max_runtime)
     cutoff = opts.before - opts.grace
     ctx.report.info.update(orphans_modified_before=cutoff.isoformat(),
                            artifacts_bucket=opts.artifacts_bucket, logs_bucket=opts.logs_bucket)
@@ -66,7 +66,7 @@ def run_orphans(ctx, opts: OrphanOptions) -> Outcome:
                 with ctx.report.phase("orphans", bucket=bucket_pass.bucket):
                     stopped = sweep_bucket(ctx, bucket_pass.bucket, logs=bucket_pass.logs,
                                            artifacts=bucket_pass.artifacts, cutoff=cutoff, opts=opts,
-                                           started=started)
+                                           budget=budget)
                 if stopped:
                     reasons.append(stopped)
                     break
@@ -104,13 +104,12 @@ def run_orphans(ctx, opts: OrphanOptions) -> Outcome:
 
 
 def sweep_bucket(ctx, bucket: str, *, logs: bool, artifacts: bool, cutoff: datetime,
-                 opts: OrphanOptions, started: float) -> str:
+                 opts: OrphanOptions, budget: RuntimeBudget) -> str:
     deleter = None if ctx.dry_run else delete_buffer(ctx, bucket)
     for entries in _chunks(iter_top_level(ctx.s3, bucket, retrier=ctx.retrier), PAGE):
-        if opts.stop is not None and opts.stop.is_set():
-            return "stopped by a signal"
-        if opts.max_runtime is not None and time.monotonic() - started >= opts.max_runtime:
-            return f"--max-runtime ({opts.max_runtime:g}s) reached"
+        reason = why_stop(opts.stop, budget)
+        if reason:
+            return reason
         entry_tasks = {entry: keys.top_level_task(entry) for entry in entries}
         existing = tasks.existing_task_ids(ctx.db, [t for t in entry_tasks.values() if t])
         for entry, task in entry_tasks.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, Optional
 
@@ -18,3 +19,12 @@ class RuntimeBudget:
 
     def __str__(self) -> str:
         return "no limit" if self.seconds is None else f"{self.seconds:g}s"
+
+
+def why_stop(stop: Optional[threading.Event], budget: RuntimeBudget) -> str:
+    """At a safe point (between batches, pages): '' to go on, else why the job stops here."""
+    if stop is not None and stop.is_set():
+        return "stopped by a signal"
+    if budget.spent():
+        return f"--max-runtime ({budget}) reached"
+    return ""

@@ -118,13 +118,15 @@ def _raise_terminated(*_) -> None:
 
 
 @contextlib.contextmanager
-def terminated_on_sigterm() -> Iterator[None]:
-    """As PID 1 in a container, Python ignores SIGTERM unless it handles it: the job would be
-    killed at the grace period. A job with its own handler (the cleanup) installs it inside."""
+def on_sigterm(handler: Callable[..., None] = _raise_terminated) -> Iterator[None]:
+    """While the job runs, SIGTERM (a pod deleted, systemd stopping the unit) calls ``handler``;
+    by default it stops the job as Ctrl-C does. As PID 1 in a container, Python ignores SIGTERM
+    unless it handles it: the job would be killed at the grace period. A job with its own
+    handler (the cleanup stops between batches) installs it inside this one."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
     finally:
@@ -149,10 +151,9 @@ def run_job(fn: Callable[..., int]) -> Callable[..., None]:
         try:
             check_output_paths(click_context)
             heartbeat.start()
-            with terminated_on_sigterm():
+            with on_sigterm():
                 code = fn(*args, **kwargs) or EXIT_OK
         except click.ClickException:
-            heartbeat.stop()
             raise  # bad usage found by the command itself: click's message, exit 2
         except PonosError as err:
             click.echo(f"Error: {redact(str(err))}", err=True)
@@ -163,7 +164,8 @@ def run_job(fn: Callable[..., int]) -> Callable[..., None]:
         except Exception as err:  # noqa: BLE001 - a bug or an error nobody typed: one line, exit 1
             click.echo(f"Error: {type(err).__name__}: {redact(_one_line(err))}", err=True)
             code = EXIT_INCOMPLETE
-        heartbeat.stop()
+        finally:
+            heartbeat.stop()
         _write_metrics(click_context, code)
         sys.exit(code)
     return wrapper
