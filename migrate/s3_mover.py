@@ -222,10 +222,10 @@ class ObjectMover:
                 return refusal
         if self.options.dry_run:
             return self._plan(source, new_key, facts, check_destination)
-        large = (facts.size if facts else source.size) > self.options.multipart_threshold
+        size = facts.size if facts else source.size
         for _ in range(3):
             existing = None
-            if not self.guarded and (check_destination or large):
+            if self._heads_destination(check_destination, size):
                 existing = self._head(new_key)
             if existing is None:
                 try:
@@ -257,6 +257,12 @@ class ObjectMover:
         if kind is Kind.PERMISSION:
             self.permissions.refused(getattr(exc, "operation_name", "") or "CopyObject", _code(exc))
         return MoveResult(MoveOutcome.FAILED, source.key, new_key, f"copy: {one_line(exc)}")
+
+    def _heads_destination(self, check_destination: bool, size: int) -> bool:
+        """Whether the move HEADs the new key before copying (the real move and the dry run's
+        bill ask the same): only where the server does not refuse overwrites itself, for a key
+        that may exist or an object copied in parts."""
+        return not self.guarded and (check_destination or size > self.options.multipart_threshold)
 
     def _needs_inspection(self, source: ObjectInfo) -> bool:
         return (self.inspect_all or self.caps.versioned or source.storage_class in ARCHIVE_CLASSES
@@ -329,7 +335,7 @@ class ObjectMover:
             return
         size = facts.size if facts else source.size
         large = size > self.options.multipart_threshold
-        heads = int(self._needs_inspection(source)) + int(not self.guarded and (check_destination or large))
+        heads = int(self._needs_inspection(source)) + int(self._heads_destination(check_destination, size))
         if heads:
             bill.add("HEAD", heads)
         doubled = 0 if self.options.mode.delete_after_copy else size

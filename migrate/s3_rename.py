@@ -67,7 +67,6 @@ class RenameOptions:
     progress: object = None  # (total, desc, unit) -> a tqdm-like bar; the CLI injects its own
     budget: RuntimeBudget = field(default_factory=lambda: RuntimeBudget(None))  # --max-runtime
     prices: Optional[dict] = None  # --dry-run's bill (ponoskit.s3.bill); None: AWS list prices
-    bill: Optional[Bill] = None  # filled by a dry run
 
     @property
     def mode(self) -> Mode:
@@ -94,7 +93,7 @@ def rename(context, options: RenameOptions) -> bool:
             saver.fire_forget(_snapshot(state))
 
     catch_up = start_run(context, state, passes, options)
-    bill = options.bill = Bill() if context.dry_run else None
+    bill = Bill() if context.dry_run else None  # the movers fill it (MoverOptions.bill)
     try:
         for bucket_pass in passes:
             bucket_state = state[bucket_pass.bucket]
@@ -297,8 +296,8 @@ def move_range(context, bucket_pass: keys.BucketPass, options: RenameOptions, mo
                 else:
                     decided &= record_left_alone(report, found)
             report.count("scanned", len(page))
-            if options.bill is not None:
-                options.bill.add("LIST", 2)  # this page, and the final check's listing of it
+            if mover.options.bill is not None:
+                mover.options.bill.add("LIST", 2)  # this page, and the final check's listing of it
             mark.add(resume_point(page), futures, decided)
             mark.settle(MAX_IN_FLIGHT, lambda result: record(report, result))
             if bar is not None:

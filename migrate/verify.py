@@ -4,9 +4,10 @@ Runbook:
   1. The schema: legacy, folded, or a fold under way (a fold under way is a problem).
   2. Each bucket against the rows that expect objects in it: both are walked in key order at
      once (rows read a range of task ids at a time, in short statements: no transaction stays
-     open for the listing's hours), so memory stays flat and no object needs a HEAD. Every ``ponos_artifact`` row must have its object at
-     ``<task>/<path>`` with the row's size; a finished task's log is expected at
-     ``<task>.log`` (missing logs are reported, not fatal: some tasks never wrote one).
+     open for the listing's hours), so memory stays flat and no object needs a HEAD. Every
+     ``ponos_artifact`` row must have its object at ``<task>/<path>`` with the row's size; a
+     finished task's log is expected at ``<task>.log`` (missing logs are reported, not fatal:
+     some tasks never wrote one).
   3. Every key of every bucket is classified with the task table: a legacy key still there is a
      problem; new-layout objects of unknown tasks (orphans, for ``ponos-maint orphans``) and
      keys of neither layout are counted.
@@ -78,7 +79,7 @@ def _expected_objects(conn, *, artifacts: bool, logs: bool) -> Iterator[tuple[st
     """
     after = None
     while True:
-        row = conn.execute(f"SELECT id FROM ponos_task {_above(after)} ORDER BY id OFFSET %(n)s LIMIT 1",
+        row = conn.execute(f"SELECT id FROM ponos_task {_between('id', after, None)} ORDER BY id OFFSET %(n)s LIMIT 1",
                            {"lo": after, "n": TASKS_PER_READ - 1}).fetchone()
         upto = row[0] if row else None
         window = {"lo": after, "hi": upto, "finished": list(FINISHED_STATES)}
@@ -96,10 +97,6 @@ def _expected_objects(conn, *, artifacts: bool, logs: bool) -> Iterator[tuple[st
         if upto is None:
             return
         after = upto
-
-
-def _above(after) -> str:
-    return "" if after is None else "WHERE id > %(lo)s"
 
 
 def _between(column: str, after, upto) -> str:

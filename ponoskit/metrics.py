@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 
+_CARRIED = {"last_success": "ponos_job_last_success_timestamp_seconds",
+            "last_run": "ponos_job_last_run_timestamp_seconds", "exit_code": "ponos_job_exit_code"}
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
@@ -27,14 +31,19 @@ def _metric_name(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", text)
 
 
-def _previous(path: Path, metric: str, job: str) -> Optional[str]:
-    """A value the file already holds (a last success carried over a failed run)."""
+def _previous(path: Path, job: str) -> dict[str, str]:
+    """The values the file already holds and a run carries over (a last success over a failed
+    run; the last run's time and exit code while this one goes on), from one read."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError:
-        return None
-    match = re.search(rf'^{metric}{{job="{re.escape(job)}"}} (\S+)$', text, re.M)
-    return match[1] if match else None
+        return {}
+    found = {}
+    for key, metric in _CARRIED.items():
+        match = re.search(rf'^{metric}{{job="{re.escape(job)}"}} (\S+)$', text, re.M)
+        if match:
+            found[key] = match[1]
+    return found
 
 
 def _gauge(name: str, help_text: str, job: str, value: Any) -> list[str]:
@@ -75,15 +84,9 @@ def render(report: dict[str, Any], exit_code: Optional[int], previous: Optional[
     return "\n".join(lines) + "\n"
 
 
-_CARRIED = {"last_success": "ponos_job_last_success_timestamp_seconds",
-            "last_run": "ponos_job_last_run_timestamp_seconds", "exit_code": "ponos_job_exit_code"}
-
-
 def write_textfile(path: str, report: dict[str, Any], exit_code: Optional[int]) -> None:
     target = Path(path)
-    job = _label(report["job"])
-    previous = {key: value for key, metric in _CARRIED.items()
-                if (value := _previous(target, metric, job)) is not None}
+    previous = _previous(target, _label(report["job"]))
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent if str(target.parent) else ".")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as out:
