@@ -32,7 +32,8 @@ from psycopg.conninfo import make_conninfo  # noqa: E402
 from ponos_dev import local, seed  # noqa: E402
 from ponoskit.connections import S3Settings  # noqa: E402
 from ponoskit.context import Context  # noqa: E402
-from tests.workload import LEGACY, NEW, Ledger, TaskRecord, Worker  # noqa: E402
+from tests.workload import (LEGACY, NEW, Ledger, Worker, forward_runbook, register_seeded,  # noqa: E402
+                            rollback_runbook)
 
 AVERAGE_TASKS_PER_PROCESS = 3.5
 
@@ -66,28 +67,10 @@ def main() -> int:
         print(f"seeded {summary.tasks} tasks, {counts['artifacts'] + counts['logs']} objects in "
               f"{time.monotonic() - started:.0f} s", flush=True)
         ledger = Ledger()
-        _register_seeded(ledger, dsn, ctx, buckets)
+        register_seeded(ledger, dsn, ctx.s3, buckets["logs"])
         book = Book(ledger, dsn, ctx, buckets, farm, s3.endpoint_url, args, work)
         try:
-            book.start(LEGACY, 1)
-            book.step("legacy only")
-            book.step("expand the database", book.fold("--phase", "expand"))
-            book.step("copy the buckets", book.rename("--phase", "copy", "--checkpoint", str(work / "copy.ck")),
-                      window=True)
-            book.start(NEW, 2)
-            book.step("both releases")
-            if args.rollback:
-                book.stop(NEW)
-                book.step("new release stops")
-                book.step("roll the buckets back", book.rename("--rollback"))
-                book.step("roll the database back", book.fold("--rollback"))
-                book.step("legacy only again")
-            else:
-                book.stop(LEGACY)
-                book.step("legacy stops")
-                book.step("the last catch-up", book.rename("--phase", "copy", "--checkpoint", str(work / "copy.ck")))
-                book.step("contract the buckets", book.rename("--phase", "delete"))
-                book.step("contract the database", book.fold("--phase", "contract"))
+            (rollback_runbook if args.rollback else forward_runbook)(book, str(work / "copy.ck"))
         finally:
             for release in list(book.workers):
                 book.stop(release)
@@ -108,19 +91,6 @@ def main() -> int:
         ok = not failures and missing_after == 0 and all(code == 0 for code, _ in book.commands.values())
         print("targets met" if ok else "targets NOT met")
         return 0 if ok else 1
-
-
-def _register_seeded(ledger: Ledger, dsn: str, ctx, buckets: dict) -> None:
-    from ponoskit import keys
-    from ponoskit.s3.listing import iter_objects
-    logs = {obj.key for obj in iter_objects(ctx.s3, buckets["logs"])}
-    with psycopg.connect(dsn) as conn:
-        artifacts: dict[str, list[str]] = {}
-        for task, path in conn.execute("SELECT task_id::text, path FROM ponos_artifact"):
-            artifacts.setdefault(task, []).append(path)
-        for task, workflow, run in conn.execute("SELECT id::text, workflow_id::text, run FROM ponos_task"):
-            if keys.legacy_log_key(workflow, run, task) in logs:
-                ledger.add(TaskRecord(task, "", LEGACY, 0, run, workflow, artifacts.get(task, []), True, True))
 
 
 class Book:
@@ -148,7 +118,7 @@ class Book:
         return ["s3-rename", "--endpoint-url", self.endpoint, "--artifacts-bucket", self.buckets["artifacts"],
                 "--logs-bucket", self.buckets["logs"], "--dsn", self.dsn, "--workers", str(self.args.workers), *args]
 
-    def step(self, name: str, command=None, *, window: bool = False) -> None:
+    def step(self, name: str, command=None, *, window: bool = False, until=None) -> None:
         self.ledger.begin(name)
         if window:
             self.ledger.window_start = self.ledger.step_index
@@ -163,6 +133,9 @@ class Book:
             if result.returncode != 0:
                 print(result.stderr[-2000:], file=sys.stderr)
         time.sleep(max(0.0, self.args.window - (time.monotonic() - started)))
+        deadline = time.monotonic() + 120  # ``until``: the window lasts until it proves something
+        while until is not None and not until() and time.monotonic() < deadline:
+            time.sleep(0.5)
 
 
 if __name__ == "__main__":

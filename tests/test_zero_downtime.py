@@ -23,7 +23,7 @@ from migrate.cli import main as migrate_main
 from ponoskit import keys, schema
 from ponos_dev import seed
 from tests.conftest import list_keys
-from tests.workload import LEGACY, NEW, Ledger, Worker
+from tests.workload import LEGACY, NEW, Ledger, Worker, forward_runbook, register_seeded, rollback_runbook
 
 STEP_SECONDS = 1.0
 
@@ -48,20 +48,7 @@ class Runbook:
         self.workers: dict[str, Worker] = {}
         self.steps: list[str] = []
         self.codes: dict[str, int] = {}
-        self._seed_tasks()
-
-    def _seed_tasks(self) -> None:
-        """The seeded tasks and their objects, as the legacy release wrote them before anything."""
-        from tests.workload import TaskRecord
-        with psycopg.connect(self.world["dsn"]) as conn:
-            artifacts = {}
-            for task, path in conn.execute("SELECT task_id::text, path FROM ponos_artifact"):
-                artifacts.setdefault(task, []).append(path)
-            logs = set(list_keys(self.world["ctx"].s3, self.world["buckets"]["logs"]))
-            for task, workflow, run in conn.execute("SELECT id::text, workflow_id::text, run FROM ponos_task"):
-                if keys.legacy_log_key(workflow, run, task) in logs:  # the seed gives most tasks a log
-                    record = TaskRecord(task, "", LEGACY, 0, run, workflow, artifacts.get(task, []), True, True)
-                    self.ledger.add(record)
+        register_seeded(self.ledger, world["dsn"], world["ctx"].s3, world["buckets"]["logs"])
 
     def start(self, release: str, seed_value: int) -> None:
         worker = Worker(release, self.world["dsn"], self.world["ctx"].s3, self.world["buckets"], self.ledger,
@@ -102,11 +89,6 @@ class Runbook:
                               "--artifacts-bucket", b["artifacts"], "--logs-bucket", b["logs"],
                               "--dsn", self.world["dsn"], "--workers", "8", *args]
 
-    def each_read_the_other(self) -> bool:
-        """Both releases have read a row the other one wrote during the window."""
-        return bool(self.ledger.total("other_rows_read", release=NEW)
-                    and self.ledger.total("other_rows_read", release=LEGACY))
-
     def finish(self) -> None:
         for release in list(self.workers):
             self.stop(release)
@@ -123,17 +105,7 @@ def test_the_forward_runbook_under_both_releases_loses_nothing(world, tmp_path):
     book = Runbook(world, tmp_path)
     checkpoint = str(tmp_path / "copy.checkpoint")
     try:
-        book.start(LEGACY, 1)
-        book.step("legacy only")
-        book.step("expand the database", book.fold("--phase", "expand"))
-        book.step("copy the buckets", book.rename("--phase", "copy", "--checkpoint", checkpoint), window=True)
-        book.start(NEW, 2)
-        book.step("both releases", until=book.each_read_the_other)
-        book.stop(LEGACY)
-        book.step("legacy stops")
-        book.step("the last catch-up", book.rename("--phase", "copy", "--checkpoint", checkpoint))
-        book.step("contract the buckets", book.rename("--phase", "delete"))
-        book.step("contract the database", book.fold("--phase", "contract"))
+        forward_runbook(book, checkpoint, seeds=(1, 2))
     finally:
         book.finish()
     book.assert_no_failures()
@@ -165,17 +137,7 @@ def test_the_forward_runbook_under_both_releases_loses_nothing(world, tmp_path):
 def test_the_rollback_before_the_contract_gives_the_legacy_release_everything(world, tmp_path):
     book = Runbook(world, tmp_path)
     try:
-        book.start(LEGACY, 3)
-        book.step("legacy only")
-        book.step("expand the database", book.fold("--phase", "expand"))
-        book.step("copy the buckets", book.rename("--phase", "copy"), window=True)
-        book.start(NEW, 4)
-        book.step("both releases", until=book.each_read_the_other)
-        book.stop(NEW)
-        book.step("new release stops")
-        book.step("roll the buckets back", book.rename("--rollback"))
-        book.step("roll the database back", book.fold("--rollback"))
-        book.step("legacy only again")
+        rollback_runbook(book, seeds=(3, 4))
     finally:
         book.finish()
     book.assert_no_failures()

@@ -100,6 +100,56 @@ class Ledger:
         return sum(n for (s, r, m), n in self.counts.items()
                    if m == metric and (steps is None or s in steps) and (release is None or r == release))
 
+    def each_read_the_other(self) -> bool:
+        """Both releases have read a row the other one wrote during the window."""
+        return bool(self.total("other_rows_read", release=NEW) and self.total("other_rows_read", release=LEGACY))
+
+
+def register_seeded(ledger: Ledger, dsn: str, s3, logs_bucket: str) -> None:
+    """The seeded tasks and their objects, as the legacy release wrote them before anything."""
+    from ponoskit.s3.listing import iter_objects
+    logs = {obj.key for obj in iter_objects(s3, logs_bucket)}
+    with psycopg.connect(dsn) as conn:
+        artifacts: dict[str, list[str]] = {}
+        for task, path in conn.execute("SELECT task_id::text, path FROM ponos_artifact"):
+            artifacts.setdefault(task, []).append(path)
+        for task, workflow, run in conn.execute("SELECT id::text, workflow_id::text, run FROM ponos_task"):
+            if keys.legacy_log_key(workflow, run, task) in logs:  # the seed gives most tasks a log
+                ledger.add(TaskRecord(task, "", LEGACY, 0, run, workflow, artifacts.get(task, []), True, True))
+
+
+# The README's runbook, forward and back, as one list each. ``book`` runs the steps (the test
+# in-process, the benchmark a command each): start(release, seed), stop(release),
+# step(name, command, window=, until=), and fold(*args) / rename(*args) to build a command.
+
+def forward_runbook(book, checkpoint: str, seeds: tuple[int, int] = (1, 2)) -> None:
+    book.start(LEGACY, seeds[0])
+    book.step("legacy only")
+    book.step("expand the database", book.fold("--phase", "expand"))
+    book.step("copy the buckets", book.rename("--phase", "copy", "--checkpoint", checkpoint), window=True)
+    book.start(NEW, seeds[1])
+    book.step("both releases", until=book.ledger.each_read_the_other)
+    book.stop(LEGACY)
+    book.step("legacy stops")
+    book.step("the last catch-up", book.rename("--phase", "copy", "--checkpoint", checkpoint))
+    book.step("contract the buckets", book.rename("--phase", "delete"))
+    book.step("contract the database", book.fold("--phase", "contract"))
+
+
+def rollback_runbook(book, checkpoint: Optional[str] = None, seeds: tuple[int, int] = (1, 2)) -> None:
+    book.start(LEGACY, seeds[0])
+    book.step("legacy only")
+    book.step("expand the database", book.fold("--phase", "expand"))
+    book.step("copy the buckets", book.rename("--phase", "copy", *(("--checkpoint", checkpoint) if checkpoint else ())),
+              window=True)
+    book.start(NEW, seeds[1])
+    book.step("both releases", until=book.ledger.each_read_the_other)
+    book.stop(NEW)
+    book.step("new release stops")
+    book.step("roll the buckets back", book.rename("--rollback"))
+    book.step("roll the database back", book.fold("--rollback"))
+    book.step("legacy only again")
+
 
 class Worker(threading.Thread):
     def __init__(self, release: str, dsn: str, s3, buckets: dict[str, str], ledger: Ledger, *, seed: int,
