@@ -1,10 +1,12 @@
 """Fixtures: a real PostgreSQL and a real S3-compatible server for the whole session.
 
 By default they are started here: pgserver, and every S3 implementation of
-``PONOS_TEST_S3`` (default ``seaweedfs,moto``): each test that uses S3 runs once per server,
-its id saying which ([seaweedfs], [moto]). SeaweedFS is a real server with its own listing
+``PONOS_TEST_S3`` (default ``seaweedfs,moto,rgw``): each test that uses S3 runs once per server,
+its id saying which ([seaweedfs], [moto], [rgw]). SeaweedFS is a real server with its own listing
 order; moto in server mode has AWS semantics (byte-order listings, a plain copy resets the
-storage class, objects keep their own SSE-KMS key). To use existing servers instead:
+storage class, objects keep their own SSE-KMS key); rgw is Ceph RGW 16.2 from Debian's packages
+(ponos_dev/rgw.py; scripts/test installs them), with the gaps DESIGN.md lists. To use existing
+servers instead:
   PONOS_TEST_DSN=postgresql://user:pass@host/db   a role allowed to CREATE DATABASE
   PONOS_TEST_S3_ENDPOINT=http://127.0.0.1:9000    with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY
 Every test gets its own database and its own buckets, so tests never see each other's data.
@@ -21,7 +23,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from ponos_dev import local, seed
+from ponos_dev import local, rgw, seed
 from ponoskit.connections import S3Settings
 from ponoskit.context import Context
 
@@ -50,7 +52,7 @@ def pg_admin_dsn(tmp_path_factory):
         yield dsn
 
 
-S3_SERVERS = ("seaweedfs", "moto")
+S3_SERVERS = ("seaweedfs", "moto", "rgw")
 
 
 def _s3_implementations() -> list[str]:
@@ -69,15 +71,19 @@ def s3_server(request, tmp_path_factory):
         yield local.LocalS3(os.environ["PONOS_TEST_S3_ENDPOINT"], os.environ["AWS_ACCESS_KEY_ID"],
                             os.environ["AWS_SECRET_ACCESS_KEY"])
         return
-    server = (local.seaweedfs(tmp_path_factory.mktemp("s3")) if request.param == "seaweedfs"
-              else local.moto_server())
+    if request.param == "seaweedfs":
+        server = local.seaweedfs(tmp_path_factory.mktemp("s3"))
+    elif request.param == "rgw":
+        server = rgw.ceph_rgw(tmp_path_factory.mktemp("rgw"))
+    else:
+        server = local.moto_server()
     with server as started:
         yield started
 
 
 @pytest.fixture
 def s3_implementation(s3_server, request) -> str:
-    """Which server the test runs against: seaweedfs, moto or external."""
+    """Which server the test runs against: seaweedfs, moto, rgw or external."""
     return request.node.callspec.params.get("s3_server", "external")
 
 
