@@ -17,15 +17,27 @@ says otherwise:
   hook            call ``action()`` (say, another writer's PUT), then forward
   down            refuse: close every connection at once (the server went away), until
                   :meth:`FaultProxy.up` or the rule's ``seconds`` run out
+  answer          answer ``status`` with ``body`` without forwarding (a server that answers
+                  something else: Ceph RGW 16.2 answers ``GET /bucket?encryption`` with a
+                  listing)
+  checksum_refused  answer 400 to a request carrying boto3's checksum headers
+                  (``x-amz-checksum-*``, ``x-amz-sdk-checksum-algorithm``), as older MinIO
+                  releases do; forward the others
+  strip_header    forward without the request header ``header``, signed again (SigV4, with
+                  the request's access key and region and :attr:`FaultProxy.secret_key`): a
+                  server that ignores that header (Ceph RGW 16.2 and ``x-amz-tagging`` on
+                  CreateMultipartUpload, moto and ``x-amz-copy-source-if-match``)
 
-Rules match on the S3 operation (derived from method, query and headers), a bucket and a
-probability; ``after`` skips the first matching requests, ``times`` caps how often a rule
-fires. Everything is counted, so a test can assert the faults really happened.
+Rules match on the S3 operation (derived from method, query and headers), a bucket, a key,
+the headers a request carries (``carrying``: name prefixes) and a probability; ``after``
+skips the first matching requests, ``times`` caps how often a rule fires. Everything is
+counted, so a test can assert the faults really happened.
 """
 
 from __future__ import annotations
 
 import http.client
+import os
 import random
 import socket
 import threading
@@ -36,7 +48,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
-FAULTS = ("slowdown", "internal", "error_200", "reset_before", "reset_after", "slow", "down", "denied", "hook", "truncate")
+FAULTS = ("slowdown", "internal", "error_200", "reset_before", "reset_after", "slow", "down", "denied", "hook", "truncate",
+          "answer", "checksum_refused", "strip_header")
+CHECKSUM_HEADERS = ("x-amz-checksum-", "x-amz-sdk-checksum-algorithm")
 
 
 def operation_of(method: str, path: str, headers) -> tuple[str, str]:
@@ -47,6 +61,8 @@ def operation_of(method: str, path: str, headers) -> tuple[str, str]:
     bucket = segments[0]
     has_key = len(segments) == 2 and segments[1] != ""
     if method == "PUT" and has_key:
+        if "tagging" in query:
+            return "PutObjectTagging", bucket
         if headers.get("x-amz-copy-source"):
             return ("UploadPartCopy" if "partNumber" in query else "CopyObject"), bucket
         return ("UploadPart" if "partNumber" in query else "PutObject"), bucket
@@ -66,6 +82,8 @@ def operation_of(method: str, path: str, headers) -> tuple[str, str]:
     if method == "HEAD":
         return ("HeadObject" if has_key else "HeadBucket"), bucket
     if method == "DELETE" and has_key:
+        if "tagging" in query:
+            return "DeleteObjectTagging", bucket
         return ("AbortMultipartUpload" if "uploadId" in query else "DeleteObject"), bucket
     return f"{method} {parts.path}", bucket
 
@@ -82,18 +100,27 @@ class Rule:
     after: int = 0  # let this many matching requests through first
     times: Optional[int] = None  # fire at most this often
     seconds: float = 0.0  # slow: the delay; down: how long the server stays away
+    carrying: Optional[tuple[str, ...]] = None  # only requests with a header whose name starts so
+    status: int = 200  # answer: the status
+    body: bytes = b""  # answer: the body
+    header: Optional[str] = None  # strip_header: which one
     seen: int = 0
     fired: int = 0
 
     def __post_init__(self):
         if self.fault not in FAULTS:
             raise ValueError(f"unknown fault {self.fault!r}")
+        if self.fault == "checksum_refused" and self.carrying is None:
+            self.carrying = CHECKSUM_HEADERS
+        if self.fault == "strip_header" and not self.header:
+            raise ValueError("strip_header needs header=")
 
-    def matches(self, operation: str, bucket: str, path: str) -> bool:
+    def matches(self, operation: str, bucket: str, path: str, header_names: tuple[str, ...] = ()) -> bool:
         return ((self.operations is None or operation in self.operations)
                 and (self.bucket is None or bucket == self.bucket)
                 and (self.key is None or self.key in path)
-                and (self.skip_key is None or self.skip_key not in path))
+                and (self.skip_key is None or self.skip_key not in path)
+                and (self.carrying is None or any(name.startswith(self.carrying) for name in header_names)))
 
 
 @dataclass
@@ -103,10 +130,13 @@ class FaultProxy:
     rules: list[Rule] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)  # (fault, operation) -> times
     requests: Counter = field(default_factory=Counter)  # operation -> requests seen
+    secret_key: Optional[str] = None  # strip_header signs again with it (default: AWS_SECRET_ACCESS_KEY)
 
     def __post_init__(self):
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._in_flight = 0
         self._down_until = 0.0
         target = urlsplit(self.upstream)
         self._host, self._port = target.hostname, target.port
@@ -145,6 +175,22 @@ class FaultProxy:
     def is_down(self) -> bool:
         return time.monotonic() < self._down_until
 
+    def wait_idle(self, timeout: float = 60.0) -> None:
+        """Wait until no request is in the proxy's hands (a ``slow`` one forwards after its
+        client died: a test wants it landed before it looks)."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._in_flight == 0, timeout):
+                raise TimeoutError(f"{self._in_flight} request(s) still in the fault proxy after {timeout}s")
+
+    def started(self) -> None:
+        with self._idle:
+            self._in_flight += 1
+
+    def finished(self) -> None:
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
     def fired(self, fault: Optional[str] = None) -> int:
         return sum(n for (f, _), n in self.counts.items() if fault is None or f == fault)
 
@@ -159,14 +205,15 @@ class FaultProxy:
         self.close()
 
     # --- deciding, in the handler's thread -------------------------------------------
-    def decide(self, operation: str, bucket: str, path: str = "") -> Optional[Rule]:
+    def decide(self, operation: str, bucket: str, path: str = "",
+               header_names: tuple[str, ...] = ()) -> Optional[Rule]:
         with self._lock:
             self.requests[operation] += 1
             if self.is_down:
                 self.counts[("down", operation)] += 1
                 return Rule("down")
             for rule in self.rules:
-                if not rule.matches(operation, bucket, path):
+                if not rule.matches(operation, bucket, path, header_names):
                     continue
                 rule.seen += 1
                 if rule.seen <= rule.after or (rule.times is not None and rule.fired >= rule.times):
@@ -189,6 +236,23 @@ class FaultProxy:
             return response.status, response.getheaders(), data
         finally:
             conn.close()
+
+
+    def resign_without(self, method: str, path: str, headers: list, body: bytes, header: str) -> list:
+        """The request's headers without ``header``, signed again as the client would have."""
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        kept = [(k, v) for k, v in headers if k.lower() not in (header.lower(), "authorization")]
+        authorization = next(v for k, v in headers if k.lower() == "authorization")
+        # Credential=<access key>/<date>/<region>/s3/aws4_request
+        access_key, _, region, *_ = authorization.split("Credential=")[1].split(",")[0].split("/")
+        host = next(v for k, v in headers if k.lower() == "host")
+        request = AWSRequest(method=method, url=f"http://{host}{path}", data=body, headers=dict(kept))
+        secret = self.secret_key or os.environ["AWS_SECRET_ACCESS_KEY"]
+        S3SigV4Auth(Credentials(access_key, secret), "s3", region).add_auth(request)
+        return list(request.headers.items())
 
 
 def _error_xml(code: str, message: str) -> bytes:
@@ -241,12 +305,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _handle(self) -> None:
+        self.owner.started()
+        try:
+            self._serve()
+        finally:
+            self.owner.finished()
+
+    def _serve(self) -> None:
         body = self._read_body()
         headers = [(k, v) for k, v in self.headers.items() if k.lower() not in ("transfer-encoding",)]
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             headers.append(("Content-Length", str(len(body))))
         operation, bucket = operation_of(self.command, self.path, self.headers)
-        rule = self.owner.decide(operation, bucket, unquote(self.path))
+        names = tuple(name.lower() for name in self.headers.keys())
+        rule = self.owner.decide(operation, bucket, unquote(self.path), names)
         fault = rule.fault if rule else None
         if fault in ("down", "reset_before"):
             return self._drop()
@@ -261,6 +333,14 @@ class _Handler(BaseHTTPRequestHandler):
                                 _error_xml("InternalError", "We encountered an internal error. Please try again."))
         if fault == "denied":
             return self._answer(403, [("Content-Type", "application/xml")], _error_xml("AccessDenied", "Access Denied"))
+        if fault == "answer":
+            return self._answer(rule.status, [("Content-Type", "application/xml")], rule.body)
+        if fault == "checksum_refused":
+            refused = next(name for name in names if name.startswith(CHECKSUM_HEADERS))
+            return self._answer(400, [("Content-Type", "application/xml")], _error_xml(
+                "InvalidArgument", f"Unsupported header &apos;{refused}&apos; received for this API call."))
+        if fault == "strip_header":
+            headers = self.owner.resign_without(self.command, self.path, headers, body, rule.header)
         if fault == "slow":
             time.sleep(rule.seconds or 1.0)
         if fault == "hook":
