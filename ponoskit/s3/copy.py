@@ -8,7 +8,15 @@ What a plain CopyObject loses, and how each path keeps it:
 - on the multipart path also tags, Content-Type, Cache-Control, Content-Disposition,
   Content-Encoding, Content-Language, Expires, website redirect and user metadata, which a
   CreateMultipartUpload does not take from anywhere: all read from the HEAD (tags with
-  GetObjectTagging) and set explicitly.
+  GetObjectTagging) and set explicitly. Some servers (Ceph RGW 16.2) drop the tags given to
+  CreateMultipartUpload: the copy's tags are read back and set again if needed
+  (:class:`TagsNotKept` if they still differ).
+
+Every part of a multipart copy is pinned to the source's ETag (``x-amz-copy-source-if-match``)
+so a source rewritten mid-copy fails the copy instead of mixing two versions. Where the server
+ignores the pin (moto, Ceph RGW 16.2: the probe in :mod:`ponoskit.s3.capabilities` says), the
+copy is proven afterwards instead: the source is HEADed again, and a copy of a source that
+changed is deleted (:class:`SourceChanged`).
 
 Never overwrite: with ``conditional``, CopyObject and CompleteMultipartUpload carry
 ``If-None-Match: *`` and a key that exists answers 412 (409 on a race), which the caller
@@ -28,8 +36,14 @@ import contextlib
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Optional
+from datetime import datetime
+from typing import Optional, Union
 from urllib.parse import quote
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .errors import Kind, kind_of
+from .listing import timestamp
 
 MIN_PART_SIZE = 5 * 1024 ** 2
 MAX_PARTS = 10_000
@@ -74,6 +88,7 @@ class SourceFacts:
     metadata: dict = field(default_factory=dict)
     checksums: dict = field(default_factory=dict)
     checksum_type: Optional[str] = None  # FULL_OBJECT or COMPOSITE
+    last_modified: Union[str, datetime, None] = None  # as the client gave it (see listing.timestamp)
 
     @classmethod
     def from_head(cls, head: dict) -> "SourceFacts":
@@ -89,7 +104,7 @@ class SourceFacts:
             content={name: head[name] for name in CONTENT_FIELDS if head.get(name)},
             metadata=dict(head.get("Metadata") or {}),
             checksums={name: head[name] for name in CHECKSUM_FIELDS if head.get(name)},
-            checksum_type=head.get("ChecksumType"))
+            checksum_type=head.get("ChecksumType"), last_modified=head.get("LastModified"))
 
     @property
     def archived(self) -> bool:
@@ -113,6 +128,20 @@ class SourceFacts:
                 params["BucketKeyEnabled"] = self.bucket_key
             return params
         return {"ServerSideEncryption": self.sse} if self.sse else {}
+
+
+class CopyNotExact(Exception):
+    """A multipart copy completed, but is not an exact copy of its source: the source must stay."""
+
+
+class SourceChanged(CopyNotExact):
+    """The source changed while its parts were copied, on a server that ignores the pin: the
+    new object (which may mix two versions) was deleted; the source is untouched."""
+
+
+class TagsNotKept(CopyNotExact):
+    """The copy's tags still differ from the source's after PutObjectTagging: the copy stays,
+    the source is not to be deleted."""
 
 
 def normalize_etag(etag: Optional[str]) -> str:
@@ -175,26 +204,26 @@ def part_ranges(size: int, part_size: int) -> list[tuple[int, int]]:
 
 
 def multipart_copy(client, bucket: str, source: str, destination: str, facts: SourceFacts, *, part_size: int,
-                   conditional: bool = False, retrier=None, part_workers: int = 8) -> Optional[str]:
+                   conditional: bool = False, pin_source: bool = True, retrier=None,
+                   part_workers: int = 8) -> Optional[str]:
     """UploadPartCopy in parallel parts, everything of the source set on the new upload; returns
-    the version of the source that was copied."""
-    create = {"Bucket": bucket, "Key": destination, "Metadata": facts.metadata, **facts.content,
-              **facts.encryption()}
-    if facts.storage_class != "STANDARD":
-        create["StorageClass"] = facts.storage_class
-    if facts.tag_count:
-        tags = _call(retrier, "GetObjectTagging", client.get_object_tagging, Bucket=bucket, Key=source,
-                     **({"VersionId": facts.version_id} if facts.version_id else {}))["TagSet"]
-        create["Tagging"] = "&".join(f"{quote(t['Key'], safe='')}={quote(t['Value'], safe='')}" for t in tags)
-    upload_id = _call(retrier, "CreateMultipartUpload", client.create_multipart_upload, **create)["UploadId"]
+    the version of the source that was copied.
+
+    ``pin_source``: the server honours ``x-amz-copy-source-if-match`` on each part. When it
+    does not, the source is checked after the copy instead (:class:`SourceChanged`).
+    """
+    tags = _source_tags(client, bucket, source, facts, retrier) if facts.tag_count else []
+    upload_id = _call(retrier, "CreateMultipartUpload", client.create_multipart_upload,
+                      **_upload_params(bucket, destination, facts, tags))["UploadId"]
     source_ref = copy_source(bucket, source, facts.version_id)
+    # Pin the source: if it changes mid-copy the parts would mix two versions. A server that
+    # ignores the header gets none (one that does not know it may refuse it).
+    pin = {"CopySourceIfMatch": f'"{facts.etag}"'} if pin_source else {}
 
     def copy_part(number: int, first: int, last: int) -> dict:
         answer = _call(retrier, "UploadPartCopy", client.upload_part_copy,
                        Bucket=bucket, Key=destination, UploadId=upload_id, PartNumber=number, CopySource=source_ref,
-                       # Pin the source: if it changes mid-copy the parts would mix two versions.
-                       CopySourceIfMatch=f'"{facts.etag}"',
-                       **({"CopySourceRange": f"bytes={first}-{last}"} if last >= first else {}))
+                       **pin, **({"CopySourceRange": f"bytes={first}-{last}"} if last >= first else {}))
         return {"PartNumber": number, "ETag": answer["CopyPartResult"]["ETag"]}
 
     try:
@@ -203,10 +232,88 @@ def multipart_copy(client, bucket: str, source: str, destination: str, facts: So
                                 thread_name_prefix="s3-part") as parts_pool:
             futures = [parts_pool.submit(copy_part, n, first, last) for n, (first, last) in enumerate(ranges, 1)]
             parts = [future.result() for future in futures]
-        _call(retrier, "CompleteMultipartUpload", client.complete_multipart_upload, Bucket=bucket, Key=destination,
-              UploadId=upload_id, MultipartUpload={"Parts": parts}, **({"IfNoneMatch": "*"} if conditional else {}))
+        done = _call(retrier, "CompleteMultipartUpload", client.complete_multipart_upload, Bucket=bucket,
+                     Key=destination, UploadId=upload_id, MultipartUpload={"Parts": parts},
+                     **({"IfNoneMatch": "*"} if conditional else {}))
     except BaseException:
         with contextlib.suppress(Exception):  # the copy's own error is the one to report
             client.abort_multipart_upload(Bucket=bucket, Key=destination, UploadId=upload_id)
         raise
+    copied = _real_version(done.get("VersionId"))  # the new object's version: what we wrote
+    if not pin_source:
+        _prove_source_unchanged(client, bucket, source, destination, facts, copied, retrier)
+    if tags:
+        _keep_tags(client, bucket, destination, copied, tags, retrier)
     return facts.version_id
+
+
+def _source_tags(client, bucket: str, source: str, facts: SourceFacts, retrier) -> list[dict]:
+    return _call(retrier, "GetObjectTagging", client.get_object_tagging, Bucket=bucket, Key=source,
+                 **({"VersionId": facts.version_id} if facts.version_id else {})).get("TagSet", [])
+
+
+def _upload_params(bucket: str, destination: str, facts: SourceFacts, tags: list[dict]) -> dict:
+    create = {"Bucket": bucket, "Key": destination, "Metadata": facts.metadata, **facts.content,
+              **facts.encryption()}
+    if facts.storage_class != "STANDARD":
+        create["StorageClass"] = facts.storage_class
+    if tags:  # AWS honours it; servers that drop it are caught by _keep_tags
+        create["Tagging"] = "&".join(f"{quote(t['Key'], safe='')}={quote(t['Value'], safe='')}" for t in tags)
+    return create
+
+
+def _prove_source_unchanged(client, bucket: str, source: str, destination: str, facts: SourceFacts,
+                            copied: Optional[str], retrier) -> None:
+    """The parts were not pinned: the copy is exact only if the source is still what the HEAD
+    before the copy saw. If not, or if that cannot be known, the new object goes."""
+    try:
+        now = head_facts(client, bucket, source, version_id=facts.version_id, retrier=retrier)
+        changed = _what_changed(facts, now)
+    except Exception as exc:
+        if not isinstance(exc, (ClientError, BotoCoreError)) or kind_of(exc) is not Kind.NOT_FOUND:
+            _delete_copy(client, bucket, destination, copied, retrier)
+            raise  # unproven (S3 kept failing, say): the copy is gone, the caller reports why
+        changed = "it is gone"
+    if changed:
+        _delete_copy(client, bucket, destination, copied, retrier)
+        raise SourceChanged(f"{source!r} changed while it was copied in parts to {destination!r} ({changed}): "
+                            "the copy may mix two versions and was deleted; the source is untouched")
+
+
+def _what_changed(before: SourceFacts, now: SourceFacts) -> str:
+    if now.etag != before.etag:
+        return f"ETag {before.etag} became {now.etag}"
+    if before.last_modified and now.last_modified and timestamp(now.last_modified) != timestamp(before.last_modified):
+        return f"rewritten at {timestamp(now.last_modified).isoformat()}"
+    return ""
+
+
+def _delete_copy(client, bucket: str, destination: str, copied: Optional[str], retrier) -> None:
+    """Delete the object this copy wrote: by its version where there is one, so another
+    writer's version of the key (if any) stays."""
+    with contextlib.suppress(ClientError, BotoCoreError):  # the reason to delete it is what to report
+        _call(retrier, "DeleteObject", client.delete_object, Bucket=bucket, Key=destination,
+              **({"VersionId": copied} if copied else {}))
+
+
+def _keep_tags(client, bucket: str, destination: str, copied: Optional[str], tags: list[dict], retrier) -> None:
+    """Ceph RGW 16.2 ignores x-amz-tagging on CreateMultipartUpload: read the copy's tags back,
+    set them if they differ, and check once more."""
+    wanted = _tag_dict(tags)
+    target = {"Bucket": bucket, "Key": destination, **({"VersionId": copied} if copied else {})}
+
+    def found() -> dict:
+        # Ceph RGW answers an object without tags with no TagSet at all.
+        return _tag_dict(_call(retrier, "GetObjectTagging", client.get_object_tagging, **target).get("TagSet", []))
+
+    if found() == wanted:
+        return
+    _call(retrier, "PutObjectTagging", client.put_object_tagging, **target, Tagging={"TagSet": tags})
+    after = found()
+    if after != wanted:
+        raise TagsNotKept(f"{destination!r} has the tags {after} after PutObjectTagging, not its source's {wanted}: "
+                          "the copy stays, its source is kept")
+
+
+def _tag_dict(tags: list[dict]) -> dict:
+    return {tag["Key"]: tag["Value"] for tag in tags}
