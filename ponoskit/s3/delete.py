@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Union
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from .errors import Kind, S3PermissionError, error_code, kind_of, one_line
+from .errors import Kind, S3PermissionError, error_code, kind_of, kind_of_code, one_line
 
 MAX_KEYS_PER_REQUEST = 1000
 BATCH, SINGLE = "batch", "single"  # where the server honours an ETag condition on deletes
@@ -51,7 +51,7 @@ class ObjectDeleteError(Exception):
 
     @property
     def kind(self) -> Kind:
-        return _KIND_OF_CODE.get(self.code, Kind.OTHER)
+        return kind_of_code(self.code)
 
 
 def xml_safe(key: str) -> bool:
@@ -141,7 +141,7 @@ def _delete_batch(call: _Call, bucket: str, refs: list[ObjectRef], indexes: list
 
 def _per_key_final(error: dict) -> bool:
     """A per-key error that another attempt will not change (InternalError and SlowDown may)."""
-    return _KIND_OF_CODE.get(error.get("Code", ""), Kind.OTHER) not in (Kind.THROTTLED, Kind.TRANSIENT)
+    return kind_of_code(error.get("Code", "")) not in (Kind.THROTTLED, Kind.TRANSIENT)
 
 
 def _delete_one(call: _Call, bucket: str, ref: ObjectRef, conditional: bool) -> Optional[ObjectDeleteError]:
@@ -166,17 +166,6 @@ def _delete_one(call: _Call, bucket: str, ref: ObjectRef, conditional: bool) -> 
 
 def _quoted(etag: str) -> str:
     return f'"{etag.strip(chr(34))}"'
-
-
-_KIND_OF_CODE = {}
-for _codes, _kind in (("SlowDown Throttling RequestLimitExceeded", Kind.THROTTLED),
-                      ("InternalError ServiceUnavailable RequestTimeout OperationAborted", Kind.TRANSIENT),
-                      ("AccessDenied AllAccessDisabled InvalidAccessKeyId SignatureDoesNotMatch", Kind.PERMISSION),
-                      ("PreconditionFailed ConditionalRequestConflict", Kind.PRECONDITION),
-                      ("NoSuchKey NoSuchVersion", Kind.NOT_FOUND),
-                      ("InvalidObjectState", Kind.ARCHIVED)):
-    for _code in _codes.split():
-        _KIND_OF_CODE[_code] = _kind
 
 
 def delete_keys(client, bucket: str, keys: Sequence[Union[str, ObjectRef]]) -> list[Optional[ObjectDeleteError]]:

@@ -2,14 +2,18 @@
 
 Every job asks :func:`kind_of` before it decides: retry later (throttled, transient), stop
 with a configuration error (permission), record the key (archived, not found, precondition),
-or report the key as failed (anything else). The typed errors at the bottom are what the
-jobs raise once retries are spent; the CLI turns them into exit codes (75 for transient).
+or report the key as failed (anything else: a 4xx on one object is that object's failure).
+The kind comes from the error's S3 code and HTTP status, or from obstore's exception type,
+never from its message text: a text that happens to contain "timeout" (obstore prints its
+retry settings in every error) once made a permanent refusal look like an outage. An obstore
+error with no type of its own is :attr:`Kind.UNTYPED`: the caller repeats the request with
+boto3, whose answer has a code and a status. The typed errors at the bottom are what the jobs
+raise once retries are spent; the CLI turns them into exit codes (75 for transient).
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from typing import Optional
 
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError,
@@ -26,6 +30,7 @@ class Kind(enum.Enum):
     NOT_FOUND = "not_found"        # 404
     PRECONDITION = "precondition"  # 412 (If-None-Match / If-Match lost), 409 conditional conflict
     OTHER = "other"                # 400s that say something is wrong with this one key
+    UNTYPED = "untyped"            # obstore's GenericError: ask boto3 again to know what it is
 
 
 THROTTLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequests",
@@ -43,12 +48,8 @@ NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404", "NoSuchVersion"}
 PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412"}
 _CONNECTION_ERRORS = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError,
                       ResponseStreamingError)
-
-# obstore says what went wrong in words; the HTTP status is in the text when there was one.
-_STATUS_IN_TEXT = re.compile(r"status(?: code)?:? (\d{3})\b")
-_OBSTORE_CONNECTION_WORDS = ("error sending request", "connection", "timed out", "timeout", "broken pipe",
-                             "reset by peer", "incomplete message", "unexpected eof", "dns error",
-                             "retry_timeout", "retries exhausted", "body error")
+_CODE_TABLE = ((THROTTLE_CODES, Kind.THROTTLED), (ARCHIVED_CODES, Kind.ARCHIVED), (PRECONDITION_CODES, Kind.PRECONDITION),
+               (NOT_FOUND_CODES, Kind.NOT_FOUND), (PERMISSION_CODES, Kind.PERMISSION), (TRANSIENT_CODES, Kind.TRANSIENT))
 
 
 def error_code(exc: BaseException) -> str:
@@ -63,20 +64,21 @@ def error_code(exc: BaseException) -> str:
 def http_status(exc: BaseException) -> Optional[int]:
     if isinstance(exc, ClientError):
         return exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    match = _STATUS_IN_TEXT.search(str(exc))
-    return int(match[1]) if match else None
+    return None
+
+
+def kind_of_code(code: str, status: Optional[int] = None) -> Kind:
+    """The kind of an S3 error code (a ClientError's, or a per-key entry of DeleteObjects)."""
+    for codes, kind in _CODE_TABLE:
+        if code in codes:
+            return kind
+    return _kind_of_status(status)
 
 
 def kind_of(exc: BaseException) -> Kind:
     """What kind of failure ``exc`` is (see :class:`Kind`)."""
     if isinstance(exc, ClientError):
-        code, status = error_code(exc), http_status(exc)
-        for codes, kind in ((THROTTLE_CODES, Kind.THROTTLED), (ARCHIVED_CODES, Kind.ARCHIVED),
-                            (PRECONDITION_CODES, Kind.PRECONDITION), (NOT_FOUND_CODES, Kind.NOT_FOUND),
-                            (PERMISSION_CODES, Kind.PERMISSION), (TRANSIENT_CODES, Kind.TRANSIENT)):
-            if code in codes:
-                return kind
-        return _kind_of_status(status)
+        return kind_of_code(error_code(exc), http_status(exc))
     if isinstance(exc, _CONNECTION_ERRORS):
         return Kind.TRANSIENT
     if isinstance(exc, BotoCoreError):
@@ -103,23 +105,12 @@ def _kind_of_obstore(exc: BaseException) -> Kind:
         from obstore import exceptions as ox
     except ImportError:  # pragma: no cover - obstore is a dependency
         return Kind.OTHER
-    if isinstance(exc, (ox.AlreadyExistsError, ox.PreconditionError)):
-        return Kind.PRECONDITION
-    if isinstance(exc, ox.NotFoundError):
-        return Kind.NOT_FOUND
-    if isinstance(exc, (ox.PermissionDeniedError, ox.UnauthenticatedError)):
-        return Kind.PERMISSION
-    text = str(exc)
-    if "SlowDown" in text:
-        return Kind.THROTTLED
-    if "InvalidObjectState" in text:
-        return Kind.ARCHIVED
-    kind = _kind_of_status(http_status(exc))
-    if kind is not Kind.OTHER:
-        return kind
-    lowered = text.lower()
-    if isinstance(exc, ox.GenericError) and any(word in lowered for word in _OBSTORE_CONNECTION_WORDS):
-        return Kind.TRANSIENT
+    for types, kind in (((ox.AlreadyExistsError, ox.PreconditionError), Kind.PRECONDITION),
+                        (ox.NotFoundError, Kind.NOT_FOUND),
+                        ((ox.PermissionDeniedError, ox.UnauthenticatedError), Kind.PERMISSION),
+                        (ox.BaseError, Kind.UNTYPED)):
+        if isinstance(exc, types):
+            return kind
     return Kind.OTHER
 
 
