@@ -7,14 +7,18 @@ source's delete (batched by the context's delete buffer) has answered. A move, i
    reported as ``archived``; SSE-C cannot be copied without its key; a KMS key, a storage
    class, tags and headers are kept; on a versioned bucket the version is pinned.
 2. Copy without overwriting: ``If-None-Match: *`` where the server honours it (probed, see
-   :mod:`ponoskit.s3.capabilities`); elsewhere the destination is checked first when it may
-   exist (its task had new keys at the scan, or was still running when the run began).
+   :mod:`ponoskit.s3.capabilities`); elsewhere the run's own claims (:mod:`migrate.claims`)
+   stand in for the server, and the destination is checked first when it may exist (its
+   task had new keys at the scan, or was still running when the run began, or another
+   legacy key also moves there). An empty folder marker is written anew (PutObject).
 3. A destination in the way is settled by content (:mod:`ponoskit.s3.content`): the same
    bytes finish a half-done move (``already_moved``); other bytes, or bytes nobody can
    compare, are a conflict: both kept, reported.
 4. Delete the source through the context's delete buffer (DeleteObjects, 1,000 keys): by
    version on a versioned bucket, and only if its ETag is unchanged where the server honours
-   that, so a source rewritten since its copy is kept (a conflict), never lost.
+   that, so a source rewritten since its copy is kept (a conflict), never lost. Where it does
+   not (Ceph RGW), a HEAD right before the delete proves the source unchanged; what is
+   rewritten in the moment between that HEAD and the batch's delete is the window left.
 
 Small objects go through obstore when the probe showed it copies keys exactly (its sync calls
 release the GIL and cost a fifth of boto3's CPU); the rest through boto3, above the multipart
@@ -35,6 +39,7 @@ from typing import Optional, Union
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ponoskit.s3 import content
+from ponoskit.s3.marker import is_empty_marker, put_marker
 from ponoskit.s3.bill import Bill
 from ponoskit.workers import WorkerPool
 from ponoskit.s3.capabilities import BucketCapabilities
@@ -44,6 +49,8 @@ from ponoskit.s3.copy import (ARCHIVE_CLASSES, DEFAULT_MULTIPART_THRESHOLD, OBST
 from ponoskit.s3.delete import ObjectDeleteError, ObjectRef, delete_buffer
 from ponoskit.s3.errors import Kind, S3PermissionError, kind_of, one_line
 from ponoskit.s3.listing import ObjectInfo
+
+from .claims import Claim, Claims
 
 INSPECT_AUTO, INSPECT_ALWAYS = "auto", "always"
 
@@ -101,6 +108,7 @@ class MoverOptions:
     dry_run: bool = False
     bill: Optional[Bill] = None  # --dry-run: the requests the real run would make
     mode: Mode = MOVE
+    claims: Optional[Claims] = None  # where the server ignores If-None-Match (None: one per mover)
 
 
 @dataclass(frozen=True)
@@ -158,6 +166,10 @@ class ObjectMover:
         self.inspect_all = options.inspect == INSPECT_ALWAYS or capabilities.sse_may_vary
         self.deletes = None if options.dry_run else delete_buffer(
             context, bucket, conditional=capabilities.conditional_delete)
+        # The server copies over what exists: the run keeps its own claims (a rollback writes
+        # each legacy key from exactly one new key, and always looks first).
+        self.claims = None if self.guarded or options.mode is RESTORE else (options.claims or Claims())
+        self.unguarded_delete = not capabilities.conditional_delete and not capabilities.versioned
         self.permissions = PermissionStreak()
         self.fatal: Optional[BaseException] = None  # what stops the run, once something did
         self._pool = WorkerPool(options.workers, f"move-{bucket}")
@@ -169,16 +181,20 @@ class ObjectMover:
         if self.fatal is not None:
             raise self.fatal  # the run is stopping: submit nothing more
         result: Future = Future()
+        claim = self.claims.claim(source.key, new_key) if self.claims is not None else None
 
         def work() -> None:
             if self.fatal is not None:
+                self._settled(claim)
                 result.set_exception(self.fatal)  # queued before the run began to stop: fail fast
                 return
             try:
-                step = self._copy_step(source, new_key, check_destination)
+                step = self._copy_step(source, new_key, check_destination, claim)
             except BaseException as exc:  # noqa: BLE001 - the run stops on it (see the module)
                 self._stop(exc, result)
                 return
+            finally:
+                self._settled(claim)
             if isinstance(step, MoveResult):
                 result.set_result(step)
                 return
@@ -188,6 +204,10 @@ class ObjectMover:
         self._pool.submit(work)
         return result
 
+    def _settled(self, claim: Optional[Claim]) -> None:
+        if claim is not None:
+            self.claims.settled(claim)
+
     def _stop(self, exc: BaseException, result: Future) -> None:
         if self.fatal is None:
             self.fatal = exc
@@ -196,6 +216,8 @@ class ObjectMover:
 
     def close(self) -> None:
         self._pool.close()
+        if self.claims is not None:
+            self.claims.close()
 
     def __enter__(self) -> "ObjectMover":
         return self
@@ -205,13 +227,18 @@ class ObjectMover:
         return False
 
     # --- one move, in a worker thread ----------------------------------------------
-    def _copy_step(self, source: ObjectInfo, new_key: str, check_destination: bool) -> Union[MoveResult, _Delete]:
+    def _copy_step(self, source: ObjectInfo, new_key: str, check_destination: bool,
+                   claim: Optional[Claim]) -> Union[MoveResult, _Delete]:
         try:
-            return self._try_move(source, new_key, check_destination)
+            if claim is not None and (claim.contested or claim.earlier is not None):
+                claim.wait_for_earlier()  # an earlier copy to this key: look once it is done
+                check_destination = True
+            return self._try_move(source, new_key, check_destination, claim)
         except Exception as exc:  # noqa: BLE001 - sorted here; what stops the run is re-raised
             return self._failed(exc, source, new_key)
 
-    def _try_move(self, source: ObjectInfo, new_key: str, check_destination: bool) -> Union[MoveResult, _Delete]:
+    def _try_move(self, source: ObjectInfo, new_key: str, check_destination: bool,
+                  claim: Optional[Claim] = None) -> Union[MoveResult, _Delete]:
         facts = None
         if self._needs_inspection(source):
             facts = self._head(source.key)
@@ -228,13 +255,18 @@ class ObjectMover:
             if self._heads_destination(check_destination, size):
                 existing = self._head(new_key)
             if existing is None:
+                if claim is not None and claim.contested and not self.claims.take(
+                        claim, exists=lambda key: self._head(key) is not None):
+                    return MoveResult(MoveOutcome.CONFLICT, source.key, new_key,
+                                      f"another legacy key is being moved to {new_key!r} (another shard): both "
+                                      "kept; run again once it is done")
                 try:
                     version = self._copy(source, new_key, facts)
                     self.permissions.success()
                     mode = self.options.mode
                     if not mode.delete_after_copy:
                         return MoveResult(mode.after_copy, source.key, new_key)
-                    return _Delete(self._source_ref(source, facts, version), mode.after_copy, new_key)
+                    return self._delete_step(source, facts, version, mode.after_copy, new_key)
                 except Exception as exc:  # noqa: BLE001
                     if kind_of(exc) is not Kind.PRECONDITION:  # If-None-Match lost: something is there
                         raise
@@ -252,11 +284,11 @@ class ObjectMover:
         if kind is Kind.ARCHIVED:
             return MoveResult(MoveOutcome.ARCHIVED, source.key, new_key,
                               f"archived ({one_line(exc)}): restore it, then run again")
-        if kind is Kind.NOT_FOUND:
+        if kind is Kind.NOT_FOUND or isinstance(exc, _SourceGone):
             return MoveResult(MoveOutcome.SOURCE_GONE, source.key, new_key, "deleted since the listing")
         if kind is Kind.PERMISSION:
             self.permissions.refused(getattr(exc, "operation_name", "") or "CopyObject", _code(exc))
-        return MoveResult(MoveOutcome.FAILED, source.key, new_key, f"copy: {one_line(exc)}")
+        return MoveResult(MoveOutcome.FAILED, source.key, new_key, f"copy: {one_line(exc)}{_by_hand(exc)}")
 
     def _heads_destination(self, check_destination: bool, size: int) -> bool:
         """Whether the move HEADs the new key before copying (the real move and the dry run's
@@ -283,15 +315,47 @@ class ObjectMover:
         version = facts.version_id if facts else None
         if size > self.options.multipart_threshold:
             return multipart_copy(self.client, self.bucket, source.key, new_key, facts, part_size=self.options.part_size,
-                                  conditional=self.guarded, retrier=self.retrier)
+                                  conditional=self.guarded, retrier=self.retrier,
+                                  **self._pin_option())
+        if is_empty_marker(source.key, size):
+            facts = facts or self._head(source.key)
+            if facts is None:
+                raise _SourceGone()
+            put_marker(self.client, self.bucket, source.key, new_key, facts, retrier=self.retrier)
+            return facts.version_id
         plain = source.storage_class == "STANDARD" and (facts is None or not facts.encryption())
         if (self.store is not None and plain and size <= OBSTORE_MAX_SIZE and obstore_can_copy(source.key)
                 and obstore_can_copy(new_key)):
-            obstore_copy(self.store, source.key, new_key, conditional=self.guarded, retrier=self.retrier)
-            return version  # obstore cannot pin a version: a rewrite since the HEAD is kept (see delete)
+            try:
+                obstore_copy(self.store, source.key, new_key, conditional=self.guarded, retrier=self.retrier)
+                return version  # obstore cannot pin a version: a rewrite since the HEAD is kept (see delete)
+            except Exception as exc:  # noqa: BLE001 - only its typed errors say what happened
+                if kind_of(exc) is not Kind.UNTYPED:
+                    raise
+                # obstore's generic error has no code: boto3 asks again and its answer has one
+                # (a refused SSE-C object fails here, an outage is retried, a 412 is settled).
         return copy_object(self.client, self.bucket, source.key, new_key, version_id=version,
                            storage_class=source.storage_class, facts=facts, conditional=self.guarded,
                            retrier=self.retrier)
+
+    def _pin_option(self) -> dict:
+        pinned = getattr(self.caps, "pinned_copy_source", None)
+        return {} if pinned is None else {"pin_source": pinned}
+
+    def _delete_step(self, source: ObjectInfo, facts: Optional[SourceFacts], version: Optional[str],
+                     outcome: MoveOutcome, new_key: str) -> Union[MoveResult, _Delete]:
+        """The copy is in place: what to delete. Where the server ignores a delete's condition,
+        a HEAD first proves the source is still what was copied."""
+        ref = self._source_ref(source, facts, version)
+        if self.unguarded_delete and not self.options.dry_run:
+            now = self._head(source.key)
+            if now is None:
+                return MoveResult(MoveOutcome.SOURCE_GONE, source.key, new_key,
+                                  "deleted by someone else once copied")
+            if ref.etag and now.etag != normalize_etag(ref.etag):
+                return MoveResult(MoveOutcome.CONFLICT, source.key, new_key,
+                                  "the source changed after it was copied: both kept")
+        return _Delete(ref, outcome, new_key)
 
     def _settle_existing(self, source: ObjectInfo, new_key: str, facts: Optional[SourceFacts],
                          existing: Optional[SourceFacts]) -> Union[MoveResult, _Delete, None]:
@@ -313,7 +377,7 @@ class ObjectMover:
                 return MoveResult(MoveOutcome.WOULD_COMPLETE, source.key, new_key, verdict.how)
             if not mode.delete_when_same:
                 return MoveResult(mode.when_same, source.key, new_key, verdict.how)
-            return _Delete(self._source_ref(source, facts, facts.version_id), mode.when_same, new_key)
+            return self._delete_step(source, facts, facts.version_id, mode.when_same, new_key)
         reason = (f"{new_key!r} exists with other content ({verdict.how})" if verdict.same is False
                   else f"{new_key!r} exists and {verdict.how}")
         return MoveResult(MoveOutcome.CONFLICT, source.key, new_key, reason)
@@ -385,6 +449,19 @@ class ObjectMover:
             self.permissions.refused("DeleteObject", error.code)
         return MoveResult(MoveOutcome.FAILED, source.key, step.new_key,
                           f"copied, but the source was not deleted: {error}")
+
+
+class _SourceGone(Exception):
+    """The source vanished between the listing and its copy."""
+
+
+def _by_hand(exc: BaseException) -> str:
+    """How to move by hand an object the server refuses to copy (a 400 on this key alone)."""
+    if _code(exc) != "InvalidRequest":
+        return ""
+    return ("; if it is encrypted with a customer key (SSE-C), move it by hand with that key: aws s3 cp "
+            "s3://BUCKET/OLD s3://BUCKET/NEW --sse-c AES256 --sse-c-key KEY --sse-c-copy-source AES256 "
+            "--sse-c-copy-source-key KEY, then aws s3 rm s3://BUCKET/OLD")
 
 
 def _code(exc: BaseException) -> str:

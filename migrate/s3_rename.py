@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Optional
 
+import psycopg
+
 from ponoskit import keys
 from ponoskit.bloom import UUIDBloomFilter
 from ponoskit.budget import RuntimeBudget
@@ -39,6 +41,7 @@ from ponoskit.shard import Shard
 from ponoskit.tasks import UNFINISHED_STATES, legacy_places, task_states_of_keys
 
 from . import rename_check
+from .claims import CLAIMS_TABLE, SharedClaims, create_table
 from .low_water import LowWaterMark
 from .s3_mover import COPY, INSPECT_AUTO, MOVE, RESTORE, Mode, MoveOutcome, MoverOptions, MoveResult, ObjectMover
 
@@ -101,7 +104,7 @@ def rename(context, options: RenameOptions) -> bool:
             mover_options = MoverOptions(workers=options.workers, multipart_threshold=options.multipart_threshold,
                                          part_size=options.part_size, read_limit=options.read_limit,
                                          inspect=options.inspect, dry_run=context.dry_run, mode=options.mode,
-                                         bill=bill)
+                                         bill=bill, claims=shared_claims(context, options, caps))
             moves_before = report.counts[MoveOutcome.WOULD_MOVE.value]
             with ObjectMover(context, bucket_pass.bucket, caps, mover_options) as mover:
                 present = None
@@ -149,6 +152,15 @@ def rename(context, options: RenameOptions) -> bool:
     return not any(report.counts[name] for name in PROBLEMS)
 
 
+def needs_shared_claims(context, options: RenameOptions, caps) -> bool:
+    """Shards of one run on a server that copies over existing keys agree through the database."""
+    return not caps.conditional_copy and options.shard.count > 1 and not context.dry_run and options.phase != ROLLBACK
+
+
+def shared_claims(context, options: RenameOptions, caps) -> Optional[SharedClaims]:
+    return SharedClaims(context.connect, caps.bucket) if needs_shared_claims(context, options, caps) else None
+
+
 def bill_deletes(bill: Bill, mode: Mode, moves: int) -> None:
     """--dry-run: the DeleteObjects batches (up to 1,000 keys each) behind ``moves`` moves."""
     if mode.delete_after_copy and moves:
@@ -180,7 +192,22 @@ def preflight(context, passes: list[keys.BucketPass], options: RenameOptions):
     for caps in capabilities.values():
         for note in caps.notes:
             context.log.warning("s3://%s: %s", caps.bucket, note)
+    if any(needs_shared_claims(context, options, caps) for caps in capabilities.values()):
+        check_shared_claims(context)
     return checkpoint, state, capabilities
+
+
+def check_shared_claims(context) -> None:
+    """Shards on a server that ignores If-None-Match need the database's claims table."""
+    what = ("--shard on a server that copies over existing keys (it ignores If-None-Match): the shards "
+            "agree on who moves what through the table " + CLAIMS_TABLE)
+    if not context.use_db:
+        raise ConfigError(f"{what}, so they need the database: drop --no-db or run one process")
+    try:
+        create_table(context.db)
+    except psycopg.Error as exc:
+        raise ConfigError(f"{what}, which this role cannot create ({type(exc).__name__}): grant CREATE on the "
+                          "schema, or run one process without --shard; nothing changed") from None
 
 
 def checkpoint_problem(state: dict) -> Optional[str]:

@@ -163,9 +163,9 @@ def classify(key: str, known_tasks: Collection[str] | None, *, logs: bool = True
         return Classified(key, Kind.UNRECOGNIZED)  # not ours, or a <uuid>/ folder marker
 
     if len(parts) == 3 and is_uuid(parts[1]):
+        # Every key under a task's folder moves, folder markers (``dir/``, the folder itself)
+        # and keys ending in ``/`` that hold bytes included: S3 keys, like any other.
         task, path = parts[1].lower(), parts[2]
-        if path == "" or path.endswith("/"):
-            return Classified(key, Kind.UNRECOGNIZED)  # a folder marker: nothing to move
         if known_tasks is None:
             return Classified(key, Kind.UNDECIDED, task)
         if task in known_tasks:

@@ -155,9 +155,6 @@ def test_undecided_without_database(ids):
     "README", "README.md", "tmp/x", "tmp/", "", "/",
     "{task}",                    # a bare UUID, no slash
     "{task}/",                   # folder marker
-    "{wf}/{task}/",              # folder marker
-    "{wf}/{task}/dir/",          # nested folder marker
-    "{wf}/{task}/a/b/",          # nested folder marker
     "not-a-uuid/{task}/x",
     "{short}/x",                 # one hex digit short
     "{nodash}/x",                # hex without dashes
@@ -169,6 +166,16 @@ def test_unrecognized(ids, template):
         found = keys.classify(key, known)
         assert found.kind is Kind.UNRECOGNIZED, (key, found)
         assert found.new_key is None and not found.is_legacy
+
+
+@pytest.mark.parametrize("path", ["", "dir/", "notes/", "a//", "a/b/"])
+def test_folder_markers_under_a_task_move_like_any_key(ids, path):
+    wf, task = ids["wf"], ids["task"]
+    key = f"{wf}/{task}/{path}"
+    found = keys.classify(key, {task})
+    assert found.kind is Kind.LEGACY_ARTIFACT and found.new_key == f"{task}/{path}"
+    assert keys.classify(key, {ids["other"]}).kind is Kind.ORPHAN_LEGACY
+    assert keys.classify(key, None).kind is Kind.UNDECIDED
 
 
 def test_artifacts_only_bucket_does_not_know_logs(ids):
