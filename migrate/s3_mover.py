@@ -43,9 +43,9 @@ from ponoskit.s3.marker import is_empty_marker, put_marker
 from ponoskit.s3.bill import Bill
 from ponoskit.workers import WorkerPool
 from ponoskit.s3.capabilities import BucketCapabilities
-from ponoskit.s3.copy import (ARCHIVE_CLASSES, DEFAULT_MULTIPART_THRESHOLD, OBSTORE_MAX_SIZE, SourceFacts,
-                              copy_object, head_facts, multipart_copy, normalize_etag, obstore_can_copy, obstore_copy,
-                              part_ranges)
+from ponoskit.s3.copy import (ARCHIVE_CLASSES, DEFAULT_MULTIPART_THRESHOLD, OBSTORE_MAX_SIZE, CopyNotExact,
+                              SourceChanged, SourceFacts, copy_object, head_facts, multipart_copy, normalize_etag,
+                              obstore_can_copy, obstore_copy, part_ranges)
 from ponoskit.s3.delete import ObjectDeleteError, ObjectRef, delete_buffer
 from ponoskit.s3.errors import Kind, S3PermissionError, kind_of, one_line
 from ponoskit.s3.listing import ObjectInfo
@@ -284,6 +284,9 @@ class ObjectMover:
         if kind is Kind.ARCHIVED:
             return MoveResult(MoveOutcome.ARCHIVED, source.key, new_key,
                               f"archived ({one_line(exc)}): restore it, then run again")
+        if isinstance(exc, CopyNotExact):  # a copy in parts the server could not pin or tag: source kept
+            outcome = MoveOutcome.CONFLICT if isinstance(exc, SourceChanged) else MoveOutcome.FAILED
+            return MoveResult(outcome, source.key, new_key, f"copy in parts: {one_line(exc)}; the source is kept")
         if kind is Kind.NOT_FOUND or isinstance(exc, _SourceGone):
             return MoveResult(MoveOutcome.SOURCE_GONE, source.key, new_key, "deleted since the listing")
         if kind is Kind.PERMISSION:
@@ -315,8 +318,8 @@ class ObjectMover:
         version = facts.version_id if facts else None
         if size > self.options.multipart_threshold:
             return multipart_copy(self.client, self.bucket, source.key, new_key, facts, part_size=self.options.part_size,
-                                  conditional=self.guarded, retrier=self.retrier,
-                                  **self._pin_option())
+                                  conditional=self.guarded, pin_source=self.caps.pinned_copy_source,
+                                  retrier=self.retrier)
         if is_empty_marker(source.key, size):
             facts = facts or self._head(source.key)
             if facts is None:
@@ -337,10 +340,6 @@ class ObjectMover:
         return copy_object(self.client, self.bucket, source.key, new_key, version_id=version,
                            storage_class=source.storage_class, facts=facts, conditional=self.guarded,
                            retrier=self.retrier)
-
-    def _pin_option(self) -> dict:
-        pinned = getattr(self.caps, "pinned_copy_source", None)
-        return {} if pinned is None else {"pin_source": pinned}
 
     def _delete_step(self, source: ObjectInfo, facts: Optional[SourceFacts], version: Optional[str],
                      outcome: MoveOutcome, new_key: str) -> Union[MoveResult, _Delete]:
@@ -457,7 +456,7 @@ class _SourceGone(Exception):
 
 def _by_hand(exc: BaseException) -> str:
     """How to move by hand an object the server refuses to copy (a 400 on this key alone)."""
-    if _code(exc) != "InvalidRequest":
+    if _code(exc) not in ("InvalidRequest", "NotImplemented"):
         return ""
     return ("; if it is encrypted with a customer key (SSE-C), move it by hand with that key: aws s3 cp "
             "s3://BUCKET/OLD s3://BUCKET/NEW --sse-c AES256 --sse-c-key KEY --sse-c-copy-source AES256 "

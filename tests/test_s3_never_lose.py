@@ -77,6 +77,21 @@ def test_two_legacy_keys_for_one_new_key_are_a_conflict_both_kept(bigger, s3_env
     assert {kind: list_keys(bigger["ctx"].s3, bigger[kind]) for kind in ("artifacts", "logs")} == before
 
 
+def test_a_server_made_to_ignore_if_none_match_loses_nothing_either(bigger, s3_env, tmp_path, fault_proxy):
+    """SeaweedFS refuses the second copy by itself; behind a proxy that drops the header (and
+    signs the request again) it overwrites like moto: the rename's own claims keep the promise."""
+    fault_proxy.add("strip_header", operations=("CopyObject", "CompleteMultipartUpload"), header="If-None-Match")
+    planted = plant_twins(bigger)
+    args = ["--artifacts-bucket", bigger["artifacts"], "--logs-bucket", bigger["logs"], "--dsn", bigger["dsn"],
+            "--endpoint-url", fault_proxy.endpoint]
+    code, report, err = rename(s3_env, *args, tmp_path=tmp_path)
+    assert fault_proxy.fired("strip_header") > 0
+    assert not report["capabilities"][bigger["artifacts"]]["conditional_copy"]
+    assert code == 1, err
+    assert_nothing_lost(bigger, planted)
+    assert len(conflict_keys(report)) == 2
+
+
 def test_two_legacy_keys_for_one_new_key_in_two_shards_at_once(bigger, s3_env, tmp_path):
     planted = plant_twins(bigger)
     count = 3  # the low workflow falls in shard 0, the high one in shard 2

@@ -259,6 +259,8 @@ def test_kind_of_code_is_shared_by_deletes_and_requests():
     assert ObjectDeleteError("b", "k", "ServiceUnavailable", "").kind is Kind.THROTTLED
     assert kind_of_code("InvalidRequest", 400) is Kind.OTHER
     assert kind_of_code("", 502) is Kind.TRANSIENT
+    assert kind_of_code("NotImplemented", 501) is Kind.OTHER  # never retried for the whole deadline
+    assert kind_of_code("", 501) is Kind.OTHER
 
 
 def test_one_line_is_short_and_single():

@@ -10,7 +10,7 @@ What a plain CopyObject loses, and how each path keeps it:
   CreateMultipartUpload does not take from anywhere: all read from the HEAD (tags with
   GetObjectTagging) and set explicitly. Some servers (Ceph RGW 16.2) drop the tags given to
   CreateMultipartUpload: the copy's tags are read back and set again if needed
-  (:class:`TagsNotKept` if they still differ).
+  (:class:`TagsNotKept`, the copy deleted, if they still differ).
 
 Every part of a multipart copy is pinned to the source's ETag (``x-amz-copy-source-if-match``)
 so a source rewritten mid-copy fails the copy instead of mixing two versions. Where the server
@@ -140,8 +140,8 @@ class SourceChanged(CopyNotExact):
 
 
 class TagsNotKept(CopyNotExact):
-    """The copy's tags still differ from the source's after PutObjectTagging: the copy stays,
-    the source is not to be deleted."""
+    """The copy's tags still differ from the source's after PutObjectTagging: the copy was
+    deleted (a later run would take its bytes for a finished move), the source is kept."""
 
 
 def normalize_etag(etag: Optional[str]) -> str:
@@ -311,8 +311,11 @@ def _keep_tags(client, bucket: str, destination: str, copied: Optional[str], tag
     _call(retrier, "PutObjectTagging", client.put_object_tagging, **target, Tagging={"TagSet": tags})
     after = found()
     if after != wanted:
-        raise TagsNotKept(f"{destination!r} has the tags {after} after PutObjectTagging, not its source's {wanted}: "
-                          "the copy stays, its source is kept")
+        # Kept, the copy would pass for a finished move on the next run (same bytes) and its
+        # source, tags and all, would be deleted: it goes, and the next run tries again.
+        _delete_copy(client, bucket, destination, copied, retrier)
+        raise TagsNotKept(f"{destination!r} had the tags {after} after PutObjectTagging, not its source's {wanted}: "
+                          "the copy was deleted, its source is kept")
 
 
 def _tag_dict(tags: list[dict]) -> dict:

@@ -45,10 +45,13 @@ PERMISSION_CODES = {"AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "
                     "KMS.NotFoundException", "AuthorizationHeaderMalformed", "InvalidSecurity"}
 ARCHIVED_CODES = {"InvalidObjectState", "ObjectNotInActiveTierError"}
 NOT_FOUND_CODES = {"NoSuchKey", "NotFound", "404", "NoSuchVersion"}
+# A 501 is the server saying it will never do this (Ceph RGW copying an SSE-C object over
+# plain HTTP): that object's failure, not an outage to wait out.
+REFUSED_CODES = {"NotImplemented", "501", "InvalidRequest", "InvalidArgument"}
 PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412"}
 _CONNECTION_ERRORS = (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError,
                       ResponseStreamingError)
-_CODE_TABLE = ((THROTTLE_CODES, Kind.THROTTLED), (ARCHIVED_CODES, Kind.ARCHIVED), (PRECONDITION_CODES, Kind.PRECONDITION),
+_CODE_TABLE = ((REFUSED_CODES, Kind.OTHER), (THROTTLE_CODES, Kind.THROTTLED), (ARCHIVED_CODES, Kind.ARCHIVED), (PRECONDITION_CODES, Kind.PRECONDITION),
                (NOT_FOUND_CODES, Kind.NOT_FOUND), (PERMISSION_CODES, Kind.PERMISSION), (TRANSIENT_CODES, Kind.TRANSIENT))
 
 
@@ -89,7 +92,7 @@ def kind_of(exc: BaseException) -> Kind:
 def _kind_of_status(status: Optional[int]) -> Kind:
     if status in (429, 503):
         return Kind.THROTTLED
-    if status is not None and status >= 500:
+    if status is not None and status >= 500 and status != 501:
         return Kind.TRANSIENT
     if status == 403:
         return Kind.PERMISSION
