@@ -262,7 +262,7 @@ def run_measured(command: list[str], dsn: str, env: dict) -> dict:
 def ours(dsn: str, artifacts: str, logs: str, endpoint: str | None, env: dict, batch_size: int,
          *extra: str) -> dict:
     report = Path(tempfile.mkstemp(suffix=".json")[1])
-    command = [sys.executable, "-c", REQUEST_COUNT_HOOK + PEAK_MEMORY_HOOK + "from maint.cli import main; main()",
+    command = [sys.executable, "-c", REQUEST_COUNT_HOOK + PEAK_MEMORY_HOOK + "from maint.cli import entry; entry()",
                "cleanup", "-q", "--dsn", dsn,
                "--artifacts-bucket", artifacts, "--logs-bucket", logs, "--batch-size", str(batch_size),
                "--report", str(report), *extra]

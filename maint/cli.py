@@ -15,7 +15,7 @@ from typing import Callable, Optional
 
 import click
 
-from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, EXIT_TEMPFAIL, bucket_options, dsn_option, init_logging,
+from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, EXIT_TEMPFAIL, bucket_options, console_entry, dsn_option, init_logging,
                           on_sigterm, parse_duration, prices_option, progress, remember_report, run_job,
                           run_options, s3_options, writing_report)
 from ponoskit.connections import S3Settings, redact
@@ -215,3 +215,7 @@ def orphans(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_b
 
 if __name__ == "__main__":
     main()
+
+
+# The console script (pyproject.toml): process tuning, then the group.
+entry = console_entry(main)

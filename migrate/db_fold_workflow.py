@@ -80,7 +80,8 @@ def fold_workflows(ctx: Context, options: FoldOptions = FoldOptions(),
             steps = _steps_for(job)
             if options.phase == "contract" and findings.state != schema.FOLDED:
                 _require_expanded(job)
-            ran = _run(ctx, job, steps, errors, undo=False)
+            with job.throttle.signals():
+                ran = _run(ctx, job, steps, errors, undo=False)
             if ran == 0 and findings.state == schema.FOLDED:
                 ctx.log.info("the database is already folded: nothing to do")
                 ctx.report.info["already_folded"] = True
@@ -98,7 +99,8 @@ def rollback_fold(ctx: Context, options: FoldOptions = FoldOptions(),
             state = _check_can_roll_back(conn)
             ctx.report.info["schema_state_before"] = state
             job = _job(ctx, conn, options, preflight.Findings(state), progress)
-            ran = _run(ctx, job, runbook.rollback(), errors, undo=True)
+            with job.throttle.signals():
+                ran = _run(ctx, job, runbook.rollback(), errors, undo=True)
             if ran == 0:
                 ctx.log.info("nothing of the expand is left: nothing to roll back")
             ctx.report.info["schema_state_after"] = schema.schema_state(conn)
@@ -130,7 +132,6 @@ def _job(ctx: Context, conn, options: FoldOptions, findings, progress, *, checks
                         report=ctx.report)
     if checks:
         throttle.check()
-        throttle.install_signals()
         if options.phase != "expand":
             django_migrations.check(conn, options.django_migration)
     return Job(ctx, options, Ddl(conn, options.lock, ctx.log, ctx.report), findings, progress, throttle)

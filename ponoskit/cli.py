@@ -109,6 +109,17 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(100_000, 50, 50)
 
 
+def console_entry(group: click.Group) -> Callable[[], None]:
+    """A console script's entry point: the process is the job's alone, so tune it (malloc
+    arenas, the garbage collector) there, never when a job runs inside another program (tests,
+    the demo calling a command in-process)."""
+    def entry() -> None:
+        limit_malloc_arenas()
+        tune_garbage_collector()
+        group()
+    return entry
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a pod deleted, systemd stopping the unit): stop as on Ctrl-C, run again to resume."""
 
@@ -142,8 +153,6 @@ def run_job(fn: Callable[..., int]) -> Callable[..., None]:
     """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        limit_malloc_arenas()
-        tune_garbage_collector()
         click_context = click.get_current_context()
         heartbeat = Heartbeat(lambda: click_context.meta.get("ponos.report"),
                               click_context.meta.get("ponos.progress_interval", DEFAULT_INTERVAL),

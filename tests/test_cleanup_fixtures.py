@@ -221,7 +221,7 @@ def run_cli(tmp_path):
 def maint_command() -> list[str]:
     """The console script, as cron would run it (falls back to the module in this interpreter)."""
     script = shutil.which("ponos-maint", path=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
-    return [script] if script else [sys.executable, "-c", "from maint.cli import main; main()"]
+    return [script] if script else [sys.executable, "-c", "from maint.cli import entry; entry()"]
 
 
 def later(now: datetime, **delta) -> str:

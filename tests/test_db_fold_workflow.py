@@ -52,7 +52,7 @@ def fold(dsn: str, *args: str):
 def fold_process(dsn: str, *args: str) -> subprocess.Popen:
     """The command as its own process, so it can be SIGKILLed."""
     return subprocess.Popen(
-        [sys.executable, "-c", "from migrate.cli import main; main()", "db-fold-workflow", "--dsn", dsn, *args],
+        [sys.executable, "-c", "from migrate.cli import entry; entry()", "db-fold-workflow", "--dsn", dsn, *args],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -88,7 +88,7 @@ def _fold(dsn: str, report: Path, *args: str) -> subprocess.Popen:
     """The expand as its own process; its log goes to report + '.log'."""
     # Small batches: the backfill lasts seconds, long enough to fall a second behind a paused replica.
     log = open(f"{report}.log", "w")
-    return subprocess.Popen([sys.executable, "-c", "from migrate.cli import main; main()", "db-fold-workflow",
+    return subprocess.Popen([sys.executable, "-c", "from migrate.cli import entry; entry()", "db-fold-workflow",
                              "--dsn", dsn, "--phase", "expand", "--batch-size", "5", "--report", str(report), *args],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=log, text=True)
 

@@ -124,7 +124,7 @@ def test_the_metrics_file_says_running_while_a_rename_runs(seeded, fault_proxy, 
     fault_proxy.add("slow", operations=("ListObjectsV2",), seconds=0.5)
     metrics = tmp_path / "rename.prom"
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from migrate.cli import main; main()", "s3-rename", "--endpoint-url", fault_proxy.endpoint,
+        [sys.executable, "-c", "from migrate.cli import entry; entry()", "s3-rename", "--endpoint-url", fault_proxy.endpoint,
          "--artifacts-bucket", seeded["artifacts"], "--logs-bucket", seeded["logs"], "--dsn", seeded["dsn"],
          "--metrics-file", str(metrics), "--progress-interval", "0.2", "-q"],
         env=s3_env_for(s3_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -259,7 +259,7 @@ def test_sigterm_stops_a_rename_cleanly_and_it_resumes(seeded, fault_proxy, s3_e
     artifacts_before, logs_before = state_of(seeded)
     moves = expected_moves(seeded["dsn"], artifacts_before, logs_before)
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from migrate.cli import main; main()", "s3-rename", "--endpoint-url",
+        [sys.executable, "-c", "from migrate.cli import entry; entry()", "s3-rename", "--endpoint-url",
          fault_proxy.endpoint, "--artifacts-bucket", seeded["artifacts"], "--logs-bucket", seeded["logs"],
          "--dsn", seeded["dsn"], "--checkpoint", str(checkpoint), "--workers", "2"],
         env=s3_env_for(s3_env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

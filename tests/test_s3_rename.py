@@ -265,7 +265,7 @@ def test_checkpoint_of_another_run_is_refused(seeded, runner_args, tmp_path):
 # --- several processes -------------------------------------------------------------------
 
 def _cli(*args):
-    return [sys.executable, "-c", "from migrate.cli import main; main()", *args]
+    return [sys.executable, "-c", "from migrate.cli import entry; entry()", *args]
 
 
 @pytest.fixture

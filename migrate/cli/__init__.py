@@ -13,6 +13,8 @@ import pkgutil
 
 import click
 
+from ponoskit.cli import console_entry
+
 
 class _LazyGroup(click.Group):
     """The subcommands are this package's modules, imported on demand."""
@@ -39,3 +41,6 @@ def main() -> None:
       3. verify             check database and buckets agree
     """
 
+
+# The console script (pyproject.toml): process tuning, then the group.
+entry = console_entry(main)

@@ -14,12 +14,14 @@ counted in the report.
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import signal
 import threading
 import time
 from collections import deque
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import psycopg
 
@@ -52,11 +54,21 @@ class Throttle:
                               "pg_read_all_stats); nothing changed")
         self.lag()
 
-    def install_signals(self) -> None:
+    @contextlib.contextmanager
+    def signals(self) -> Iterator[None]:
+        """While the steps run, SIGUSR1 pauses and SIGUSR2 resumes; what was there before is
+        put back after (an in-process caller keeps its own handlers)."""
         if threading.current_thread() is not threading.main_thread():
+            yield
             return
+        previous = {number: signal.getsignal(number) for number in (signal.SIGUSR1, signal.SIGUSR2)}
         signal.signal(signal.SIGUSR1, lambda *_: self.paused_by_signal.set())
         signal.signal(signal.SIGUSR2, lambda *_: self.paused_by_signal.clear())
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
 
     def lag(self) -> float:
         """Seconds the most lagging replica is behind (0 without replicas)."""
