@@ -34,6 +34,7 @@ import psycopg
 
 from ponoskit import tasks
 from ponoskit.budget import RuntimeBudget, why_stop
+from ponoskit.runtime import JobResult
 from ponoskit.s3.errors import S3PermissionError, one_line
 
 from . import billing, fold_leftovers, outbox, preflight
@@ -113,14 +114,7 @@ class CleanupOptions:
     progress: Optional[Callable[..., Any]] = None  # (total, desc, unit) -> a tqdm-like bar; the CLI injects its own
 
 
-@dataclass
-class Outcome:
-    complete: bool
-    reasons: list[str]
-    transient: bool = False  # what is left is left because S3 kept failing: run again later (75)
-
-
-def run_cleanup(ctx, opts: CleanupOptions) -> Outcome:
+def run_cleanup(ctx, opts: CleanupOptions) -> JobResult:
     budget = RuntimeBudget(opts.max_runtime, clock=_clock)
     ctx.report.info.update(before=opts.before.isoformat(), batch_size=opts.batch_size,
                            artifacts_bucket=opts.artifacts_bucket, logs_bucket=opts.logs_bucket,
@@ -156,7 +150,7 @@ def report_unfinished_processes(ctx, params: dict) -> None:
                         skipped, shown, ", ..." if skipped > 5 else "")
 
 
-def clean(ctx, opts: CleanupOptions, params: dict, budget: RuntimeBudget) -> Outcome:
+def clean(ctx, opts: CleanupOptions, params: dict, budget: RuntimeBudget) -> JobResult:
     reasons: list[str] = []
     purger = Purger(ctx, count_only=False, list_keys=opts.list_prefixes)
     try:
@@ -195,7 +189,8 @@ def clean(ctx, opts: CleanupOptions, params: dict, budget: RuntimeBudget) -> Out
             ctx.report.count("tasks_left_locked", left)
             reasons.append(f"{left} due task(s) were locked by another transaction and skipped")
     log_summary(ctx, reasons)
-    return Outcome(not reasons, reasons, transient=transient)
+    return JobResult.finished(reasons, transient=transient, stopped=stopped,
+                              terminated=opts.stop is not None and opts.stop.is_set())
 
 
 def drain_outbox(ctx, purger: Purger, opts: CleanupOptions, budget: RuntimeBudget) -> None:
@@ -318,7 +313,7 @@ def delete_batch(ctx, purger: Purger, opts: CleanupOptions, params: dict, after,
 
 
 def plan(ctx, opts: CleanupOptions, params: dict, requests: billing.RequestCounter,
-         sent_before) -> Outcome:
+         sent_before) -> JobResult:
     """The dry run: count what a real run would delete, in the database and in S3, and the
     S3 requests it would make (the same listings are made; deletes are estimated)."""
     with ctx.report.phase("plan"):
@@ -373,7 +368,7 @@ def plan(ctx, opts: CleanupOptions, params: dict, requests: billing.RequestCount
     ctx.log.info("a real run: %s", total.summary(opts.prices))
     reasons = [f"S3 failed while counting ({one_line(purger.broken)})"] if purger.broken is not None else []
     log_summary(ctx, reasons)
-    return Outcome(not reasons, reasons, transient=bool(reasons))
+    return JobResult.finished(reasons, transient=bool(reasons))
 
 
 def _counted(purger: Purger, targets, *, dense: bool = False) -> int:

@@ -15,15 +15,16 @@ from typing import Callable, Optional
 
 import click
 
-from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, EXIT_TEMPFAIL, bucket_options, console_entry, dsn_option, init_logging,
+from ponoskit.cli import (bucket_options, console_entry, dsn_option, init_logging,
                           on_sigterm, parse_duration, prices_option, progress, remember_report, run_job,
-                          run_options, s3_options, writing_report)
+                          run_options, s3_options)
 from ponoskit.connections import S3Settings, redact
 from ponoskit.context import Context
 from ponoskit.errors import ConfigError, FlushError
+from ponoskit.runtime import JobResult, Status
 from ponoskit.s3.bill import parse_prices
 
-from .cleanup import CleanupOptions, Outcome, run_cleanup
+from .cleanup import CleanupOptions, run_cleanup
 from .orphans import OrphanOptions, run_orphans
 
 def parse_before(value: Optional[str], *, allow_future: bool = False) -> datetime:
@@ -55,29 +56,22 @@ def _buckets(artifacts_bucket: Optional[str], logs_bucket: Optional[str]) -> tup
     return artifacts, logs
 
 
-def _execute(ctx: Context, report_path: Optional[str], job: Callable[[], Outcome],
-             stop: threading.Event) -> int:
-    """Run the job, write the report whatever happens, turn the outcome into an exit code."""
-    fields = {"status": "error"}
-    with writing_report(ctx.report, report_path, fields):
+def _execute(ctx: Context, job: Callable[[], JobResult], stop: threading.Event) -> JobResult:
+    """Run the job; what the buffers could not flush at the end is left for the next run."""
+    try:
+        with on_sigterm(lambda *_: stop.set()):  # stops it between batches
+            result = job()
         try:
-            with on_sigterm(lambda *_: stop.set()):  # stops it between batches
-                outcome = job()
-            status = "complete" if outcome.complete else "incomplete"
-            try:
-                ctx.close()
-            except FlushError as err:
-                ctx.report.error(redact(str(err)))
-                status = "incomplete"
-            fields["status"] = status
-            if status == "complete":
-                return EXIT_OK
-            return EXIT_TEMPFAIL if outcome.transient else EXIT_INCOMPLETE
-        finally:
-            try:
-                ctx.close()
-            except FlushError:
-                pass  # already recorded above, or the job failed for another reason first
+            ctx.close()
+        except FlushError as err:
+            ctx.report.error(redact(str(err)))
+            result = JobResult(Status.LEFT, [*result.reasons, redact(str(err))])
+        return result
+    finally:
+        try:
+            ctx.close()
+        except FlushError:
+            pass  # already recorded above, or the job failed for another reason first
 
 
 def common_options(f):
@@ -170,17 +164,17 @@ def cleanup(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_b
     stop = threading.Event()
     ctx = _context("cleanup", dsn, endpoint_url, profile, s3_max_attempts, retry_deadline, dry_run, max_rps)
 
-    def job() -> Outcome:
+    def job() -> JobResult:
         outcome = run_cleanup(ctx, CleanupOptions(artifacts, logs, moment, batch_size=batch_size,
                                                   max_runtime=seconds, stop=stop, retry_set_aside=retry_set_aside,
                                                   max_tasks=max_tasks, list_prefixes=list_prefixes,
                                                   prices=price_list, progress=progress))
-        if not with_orphans or not outcome.complete:
+        if not with_orphans or not outcome.done:
             return outcome
         return run_orphans(ctx, OrphanOptions(artifacts, logs, moment, grace_period,
                                               max_runtime=seconds, stop=stop, prices=price_list))
 
-    return _execute(ctx, report_path, job, stop)
+    return _execute(ctx, job, stop)
 
 
 @main.command()
@@ -208,7 +202,7 @@ def orphans(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_b
     price_list = parse_prices(prices)
     stop = threading.Event()
     ctx = _context("orphans", dsn, endpoint_url, profile, s3_max_attempts, retry_deadline, dry_run, max_rps)
-    return _execute(ctx, report_path, lambda: run_orphans(
+    return _execute(ctx, lambda: run_orphans(
         ctx, OrphanOptions(artifacts, logs, moment, grace_period, max_runtime=seconds, stop=stop,
                            prices=price_list)), stop)
 

@@ -24,12 +24,12 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ponoskit import keys, tasks
 from ponoskit.budget import RuntimeBudget, why_stop
+from ponoskit.runtime import JobResult
 from ponoskit.errors import FlushError, PonosError, TransientError
 from ponoskit.s3.delete import delete_buffer
 from ponoskit.s3.listing import iter_pages, iter_top_level, timestamp
 
 from . import billing, preflight
-from .cleanup import Outcome
 
 LOCK_KEY = preflight.lock_key("ponos-maint orphans")
 PAGE = 1000
@@ -46,7 +46,7 @@ class OrphanOptions:
     prices: Optional[dict] = None  # USD per 1,000 requests for the dry run's bill (ponoskit.s3.bill)
 
 
-def run_orphans(ctx, opts: OrphanOptions) -> Outcome:
+def run_orphans(ctx, opts: OrphanOptions) -> JobResult:
     budget = RuntimeBudget(opts.max_runtime)
     cutoff = opts.before - opts.grace
     ctx.report.info.update(orphans_modified_before=cutoff.isoformat(),
@@ -57,7 +57,7 @@ def run_orphans(ctx, opts: OrphanOptions) -> Outcome:
     sent_before = requests.snapshot()
     found_before = ctx.report.counts["orphan_objects"]
     reasons: list[str] = []
-    transient = False
+    transient, stopped = False, ""
     with ctx.advisory_lock(LOCK_KEY, "ponos-maint orphans"):
         preflight.require_folded(ctx.db)
         preflight.check_permissions(ctx, *(p.bucket for p in passes))
@@ -100,7 +100,8 @@ def run_orphans(ctx, opts: OrphanOptions) -> Outcome:
                  c["orphan_legacy_objects"], c["orphans_within_grace"], c["orphan_scan_not_new_layout"])
     for reason in reasons:
         ctx.log.warning("incomplete: %s", reason)
-    return Outcome(not reasons, reasons, transient=transient)
+    return JobResult.finished(reasons, transient=transient, stopped=stopped,
+                              terminated=opts.stop is not None and opts.stop.is_set())
 
 
 def sweep_bucket(ctx, bucket: str, *, logs: bool, artifacts: bool, cutoff: datetime,

@@ -28,6 +28,7 @@ from ponoskit.connections import S3Settings
 from ponoskit.context import Context
 from ponoskit.errors import PonosError
 from ponoskit.report import Report
+from ponoskit.runtime import JobResult
 from ponoskit.s3.listing import iter_pages
 from ponoskit.tasks import known_tasks_of_keys
 
@@ -68,13 +69,14 @@ def snapshot(context: Context) -> dict[str, object]:
     return counts
 
 
-def run_step(name: str, settings: S3Settings, dsn: str, body: Callable[[Context], bool],
+def run_step(name: str, settings: S3Settings, dsn: str, body: Callable[[Context], Optional[JobResult]],
              summary: Callable[[Report], str], echo: Callable[[str], None]) -> Step:
     report = Report(name)
     echo(f"==> {name}")
     with Context(job=name, dsn=dsn, s3=settings, report=report) as context:
         try:
-            ok = bool(body(context))
+            result = body(context)  # the fold returns nothing when it is done
+            ok = result is None or result.done
         except PonosError as err:
             ok, report.errors[:] = False, [str(err)]
     text = summary(report) + (f"; error: {report.errors[0]}" if report.errors else "")
@@ -117,13 +119,13 @@ def _run(dsn: str, settings: S3Settings, processes: int, echo) -> bool:
         return _counts(r, "artifacts_found", "logs_found", "missing_artifacts", "legacy_left", "missing_logs")
 
     steps = [
-        run_step("db-fold-workflow", settings, dsn, lambda c: fold_workflows(c, FoldOptions(), progress=progress) or True,
+        run_step("db-fold-workflow", settings, dsn, lambda c: fold_workflows(c, FoldOptions(), progress=progress),
                  lambda r: f"{len(r.phases)} phases", echo),
         run_step("s3-rename", settings, dsn, lambda c: rename(c, RenameOptions(**buckets)),
                  lambda r: _counts(r, "moved", "already_moved", "conflicts", "failed", "unrecognized"), echo),
         run_step("verify", settings, dsn, lambda c: verify(c, **buckets), verified, echo),
         run_step("cleanup", settings, dsn, lambda c: run_cleanup(c, CleanupOptions(
-            ARTIFACTS, LOGS, datetime.now(timezone.utc))).complete,
+            ARTIFACTS, LOGS, datetime.now(timezone.utc))),
             lambda r: _counts(r, *sorted(r.counts)), echo),
         run_step("verify (after cleanup)", settings, dsn, lambda c: verify(c, **buckets), verified, echo),
     ]

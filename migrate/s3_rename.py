@@ -36,6 +36,7 @@ from ponoskit.s3.bill import Bill
 from ponoskit.s3.copy import DEFAULT_MULTIPART_THRESHOLD
 from ponoskit.s3.delete import MAX_KEYS_PER_REQUEST
 from ponoskit.s3.listing import ObjectInfo, iter_pages
+from ponoskit.runtime import JobResult
 from ponoskit.schema import column_exists, table_exists
 from ponoskit.shard import Shard
 from ponoskit.tasks import UNFINISHED_STATES, legacy_places, task_states_of_keys
@@ -76,8 +77,9 @@ class RenameOptions:
         return {ALL: MOVE, DELETE: MOVE, COPY_PHASE: COPY, ROLLBACK: RESTORE}[self.phase]
 
 
-def rename(context, options: RenameOptions) -> bool:
-    """Run the rename; True when every legacy key in scope is at its new key (exit 0)."""
+def rename(context, options: RenameOptions) -> JobResult:
+    """Run the rename: done when every legacy key in scope is at its new key, else left with
+    what is (conflicts, failures...); raises OutOfTime at --max-runtime with the checkpoint saved."""
     passes = keys.bucket_passes(options.artifacts_bucket, options.logs_bucket)
     report = context.report
     report.expect("scanned")
@@ -149,7 +151,7 @@ def rename(context, options: RenameOptions) -> bool:
     if bill is not None:
         report.info["bill"] = bill.to_dict(options.prices)
         context.log.info("s3-rename (dry run) would make %s", bill.summary(options.prices))
-    return not any(report.counts[name] for name in PROBLEMS)
+    return JobResult.finished([f"{report.counts[name]} {name}" for name in PROBLEMS if report.counts[name]])
 
 
 def needs_shared_claims(context, options: RenameOptions, caps) -> bool:

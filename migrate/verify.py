@@ -21,6 +21,7 @@ from typing import Iterator, Optional
 from ponoskit import keys, schema
 from ponoskit.connections import check_bucket
 from ponoskit.errors import ConfigError
+from ponoskit.runtime import JobResult
 from ponoskit.s3.listing import ObjectInfo, iter_pages
 from ponoskit.tasks import FINISHED_STATES, known_tasks_of_keys
 
@@ -28,7 +29,7 @@ LISTED_LIMIT = 1000
 PROBLEMS = ("missing_artifacts", "size_mismatches", "legacy_left", "fold_under_way")
 
 
-def verify(context, *, artifacts_bucket: Optional[str], logs_bucket: Optional[str], progress=None) -> bool:
+def verify(context, *, artifacts_bucket: Optional[str], logs_bucket: Optional[str], progress=None) -> JobResult:
     """True when database and buckets agree (exit 0)."""
     passes = keys.bucket_passes(artifacts_bucket, logs_bucket)
     report = context.report
@@ -47,7 +48,7 @@ def verify(context, *, artifacts_bucket: Optional[str], logs_bucket: Optional[st
         with report.phase("check", bucket=bucket_pass.bucket):
             check_bucket_against_rows(context, bucket_pass.bucket, artifacts=bucket_pass.artifacts,
                                       logs=bucket_pass.logs, progress=progress)
-    return not any(report.counts[name] for name in PROBLEMS)
+    return JobResult.finished([f"{report.counts[name]} {name}" for name in PROBLEMS if report.counts[name]])
 
 
 def _pages(context, bucket: str, progress=None) -> Iterator[list[ObjectInfo]]:

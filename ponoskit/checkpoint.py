@@ -113,6 +113,8 @@ _OLD_FALLBACK = re.compile(r"oid (\d+) at ")  # what a role without the right re
 
 
 def same_database(theirs: Any, ours: Any) -> bool:
+    if theirs == ours:
+        return True
     if not isinstance(theirs, dict) or not isinstance(ours, dict) or theirs.get("name") != ours.get("name"):
         return False
     old = _OLD_FALLBACK.match(str(theirs.get("system_identifier") or ""))

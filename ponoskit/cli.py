@@ -1,11 +1,10 @@
 """What the two command groups share: options, logging, progress bars, errors to exit codes.
 
-Only this layer turns typed errors into a one-line message and an exit code:
-0 done (a final check found nothing in scope left), 1 the job ran but something is left
-(listed in the report), 2 bad usage or configuration (nothing changed), 3 another run holds
-the lock, 75 a transient failure (S3 or PostgreSQL unreachable or failing after retries: run
-again later; a Kubernetes Job or a cron wrapper retries this one and fails fast on 1 and 2).
-An error nobody expected is one line too, never a traceback.
+Only this layer turns a job's end into a one-line message, a report and an exit code: every
+command returns a :class:`~ponoskit.runtime.JobResult` or raises, :func:`run_job` sorts both
+with :func:`~ponoskit.runtime.result_of` and writes the report with the status and the exit
+code (the table is :mod:`ponoskit.runtime`'s). An error nobody expected is one line too,
+never a traceback.
 """
 
 from __future__ import annotations
@@ -28,13 +27,12 @@ import click
 from tqdm import tqdm
 
 from .connections import redact
-from .errors import ConfigError, PonosError, TransientError
+from .errors import ConfigError
 from .heartbeat import DEFAULT_INTERVAL, Heartbeat
 from .metrics import write_textfile
 from .report import Report
+from .runtime import JobResult, Status, result_of
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_CONFIG, EXIT_LOCKED = 0, 1, 2, 3
-EXIT_TEMPFAIL = TransientError.exit_code  # 75, EX_TEMPFAIL
 # The options that name files a run writes; each is checked before anything changes.
 OUTPUT_OPTIONS = {"report_path": "--report", "checkpoint": "--checkpoint"}
 
@@ -144,8 +142,9 @@ def on_sigterm(handler: Callable[..., None] = _raise_terminated) -> Iterator[Non
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_job(fn: Callable[..., int]) -> Callable[..., None]:
-    """Wrap a click command body: typed errors become a one-line message and an exit code.
+def run_job(fn: Callable[..., Optional[JobResult]]) -> Callable[..., None]:
+    """Wrap a click command body: its JobResult, or what it raised, becomes one line on
+    stderr, the report (with ``status`` and ``exit_code``), the metrics and the exit code.
 
     Before the body runs, every file the run will write (--report, --checkpoint,
     --metrics-file) is checked: a missing folder or an unwritable place is exit 2 with
@@ -161,28 +160,37 @@ def run_job(fn: Callable[..., int]) -> Callable[..., None]:
             check_output_paths(click_context)
             heartbeat.start()
             with on_sigterm():
-                code = fn(*args, **kwargs) or EXIT_OK
-        except click.ClickException:
-            raise  # bad usage found by the command itself: click's message, exit 2
-        except PonosError as err:
-            click.echo(f"Error: {redact(str(err))}", err=True)
-            code = err.exit_code
-        except KeyboardInterrupt as interrupt:
-            click.echo("Interrupted: run again to resume.", err=True)
-            code = 143 if isinstance(interrupt, Terminated) else 130
-        except Exception as err:  # noqa: BLE001 - a bug or an error nobody typed: one line, exit 1
-            click.echo(f"Error: {type(err).__name__}: {redact(_one_line(err))}", err=True)
-            code = EXIT_INCOMPLETE
+                result = fn(*args, **kwargs) or JobResult(Status.DONE)
+        except click.ClickException as usage:  # bad usage found by the command itself: click's message, exit 2
+            finish(click_context, JobResult(Status.REFUSED, [usage.format_message()]), echo=False)
+            raise
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - sorted by the one taxonomy
+            result = result_of(exc)
         finally:
             heartbeat.stop()
-        _write_metrics(click_context, code)
-        sys.exit(code)
+        sys.exit(finish(click_context, result))
     return wrapper
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    return text if len(text) <= 400 else text[:397] + "..."
+def finish(click_context: click.Context, result: JobResult, *, echo: bool = True) -> int:
+    """The one place a run's end is told: a line on stderr, the report, the metrics."""
+    code = result.exit_code
+    report = click_context.meta.get("ponos.report")
+    if result.status in (Status.INTERRUPTED, Status.TERMINATED):
+        click.echo("Interrupted: run again to resume.", err=True)
+    elif result.status not in (Status.DONE, Status.LEFT) and echo:
+        click.echo(f"Error: {redact(result.reasons[0] if result.reasons else result.status.value)}", err=True)
+    if report is not None:
+        if result.status not in (Status.DONE, Status.LEFT):
+            for reason in result.reasons[:1]:
+                report.error(redact(reason))
+        try:
+            report.write(click_context.params.get("report_path"), status=result.status.value, exit_code=code,
+                         reasons=[redact(reason) for reason in result.reasons])
+        except OSError as exc:
+            click.echo(f"Warning: cannot write --report: {exc}", err=True)
+    _write_metrics(click_context, code)
+    return code
 
 
 def check_output_paths(click_context: click.Context) -> None:
@@ -220,25 +228,6 @@ def remember_report(report: Report) -> Report:
     with contextlib.suppress(RuntimeError):  # outside a click command: nothing to remember
         click.get_current_context().meta["ponos.report"] = report
     return report
-
-
-@contextlib.contextmanager
-def writing_report(report: Report, path: Optional[str], fields: Optional[dict] = None) -> Iterator[Report]:
-    """Around a job: an error goes into the report, which is written whatever happens.
-
-    ``fields`` go into the report as written at the end of the block, so the job may still
-    fill them in (the cleanup's status).
-    """
-    try:
-        yield report
-    except PonosError as err:
-        report.error(redact(str(err)))
-        raise
-    except Exception as err:
-        report.error(redact(f"{type(err).__name__}: {_one_line(err)}"))
-        raise
-    finally:
-        report.write(path, **(fields or {}))
 
 
 def _write_metrics(click_context: click.Context, code: int) -> None:

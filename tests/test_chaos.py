@@ -304,7 +304,7 @@ def test_cleanup_through_5_to_10_percent_faults_ends_exact(folded_large, proxy, 
         pytest.fail(f"no run exited 0 in {MAX_RUNS}: {runs}")
 
     case.assert_done()
-    assert report["status"] == "complete"
+    assert report["status"] == "done"
     assert_faults_hit(proxy, CLEANUP_OPERATIONS, kinds=EVERY_FAULT, at_least=30 if listing else 8,
                       most=0.12 if listing else 0.2)
 

@@ -60,7 +60,7 @@ def test_deletes_exactly_the_due_tasks_their_rows_and_files_and_a_second_run_cha
     # No LIST but the permission preflight's (its check and the stale-canary sweep, per bucket).
     assert report["s3_requests"]["LIST"] == 2 * 2
     assert folded.listing(canaries=True) == expected  # the canaries were deleted too
-    assert report["status"] == "complete"
+    assert report["status"] == "done" and report["exit_code"] == 0
     assert folded.outbox_rows() == set()
 
     code, output, report = run_cli("cleanup", *folded.cli_args())
@@ -136,8 +136,8 @@ def test_max_runtime_stops_between_batches_and_a_rerun_finishes(folded, run_cli,
         patch.setattr(maint.cleanup, "_clock", lambda: float(next(ticks)))
         code, output, report = run_cli("cleanup", *folded.cli_args("--batch-size", "2", "--max-runtime", "3.5"))
 
-    assert code == 1, output
-    assert "--max-runtime" in output and report["status"] == "incomplete"
+    assert code == 75, output  # stopped at its bound, the same code as the rename's: run again
+    assert "--max-runtime" in output and report["status"] == "stopped"
     gone = {t for t, _ in state["tasks"]} - {t for t, _ in folded.state()["tasks"]}
     assert len(gone) == 6 and gone <= due
     # Whole batches only: rows and files of every deleted task are gone, nothing owed.

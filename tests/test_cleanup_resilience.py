@@ -67,7 +67,7 @@ def test_lock_held_by_another_run_exits_3_and_changes_nothing(folded, run_cli):
 
     assert code == 3, output
     assert "another ponos-maint cleanup is running" in output
-    assert report["status"] == "error"
+    assert report["status"] == "locked" and report["exit_code"] == 3
     assert folded.state() == state and folded.listing() == listing
 
 
@@ -113,7 +113,7 @@ def test_sigterm_stops_between_batches_then_rerun_finishes(bigger, run_cli):
 
     stopped, left = _interrupt_mid_run(bigger, signal.SIGTERM)
 
-    assert stopped.returncode == 1, stopped.stderr
+    assert stopped.returncode == 143, stopped.stderr  # as every job stopped by SIGTERM
     assert "stopped by a signal" in stopped.stderr
     assert left > 0
     gone = due - _remaining(bigger)
@@ -139,7 +139,7 @@ def test_s3_failing_after_commit_keeps_keys_in_outbox_then_next_run_deletes_them
 
     assert fault_proxy.fired("internal") > 0
     assert code == 75, output  # transient: run again later
-    assert report["status"] == "incomplete"
+    assert report["status"] == "transient"
     assert any("InternalError" in e for e in report["errors"])
     deleted = due - _remaining(folded)
     assert deleted, "at least the first batch committed"
@@ -191,7 +191,8 @@ def test_bad_input_or_unreachable_service_is_one_line_changes_nothing_and_shows_
         assert message in _one_error_line(output)
         assert secret not in output and secret not in str(report)
         if report is not None:  # written once the job started
-            assert report["status"] == "error"
+            assert report["status"] == {2: "refused", 75: "transient"}[exit_code]
+            assert report["exit_code"] == exit_code
     assert folded.state() == state and folded.listing() == listing
     assert folded.outbox_rows() == set()
 

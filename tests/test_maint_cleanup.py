@@ -48,8 +48,8 @@ def test_max_tasks_deletes_at_most_n_reports_what_is_left_exits_1_and_the_next_r
 
     code, output, report = run_cli("cleanup", *folded.cli_args("--batch-size", "2", "--max-tasks", "5"))
 
-    assert code == 1, output
-    assert report["status"] == "incomplete" and "--max-tasks (5) reached" in output
+    assert code == 75, output  # stopped at its bound: run again
+    assert report["status"] == "stopped" and "--max-tasks (5) reached" in output
     assert report["counts"]["tasks"] == 5
     assert report["counts"]["tasks_left_due"] == len(due) - 5
     assert f"{len(due) - 5} due task(s) left" in output
@@ -167,7 +167,7 @@ def test_a_refused_delete_is_found_by_the_canary_exit_2_before_any_change(folded
     assert folded.listing() == listing
     canaries = [k for objects in folded.listing(canaries=True).values() for k in objects if keys.is_canary(k)]
     assert len(canaries) == 1  # the one it could not delete (a later run sweeps it, once stale)
-    assert report["status"] == "error"
+    assert report["status"] == "refused"
 
 
 def test_a_dry_run_checks_listing_only_and_names_a_missing_s3_listbucket(folded, run_cli, fault_proxy):
@@ -242,7 +242,7 @@ def test_progress_names_the_count_and_the_total(folded, run_cli, monkeypatch):
     due = folded.due_tasks()
 
     code, output, report = run_cli("cleanup", *folded.cli_args("--max-tasks", "3"))
-    assert code == 1, output
+    assert code == 75, output  # stopped at its bound
     assert expected == [("tasks", 3)] and report["counts"]["tasks"] == 3
 
     expected.clear()

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from ponoskit.cli import (EXIT_OK, Duration, dsn_option, init_logging, job_report, parse_duration, progress, run_job,
-                          run_options, writing_report)
+from ponoskit.cli import (Duration, dsn_option, init_logging, job_report, parse_duration, progress, run_job,
+                          run_options)
 from ponoskit.connections import describe_dsn
 from ponoskit.context import Context
 from ponoskit.errors import ConfigError
@@ -80,7 +80,7 @@ def _print_plan(plan: FoldPlan, database: str, batch_size: int, out) -> None:
 @run_job
 def command(dsn, batch_size, lock_timeout, lock_retries, keep_workflow_table, orphans, phase, rollback,
             record_django_migration, max_replica_lag, pause_file, dry_run, report_path, verbosity, quiet,
-            log_format) -> int:
+            log_format) -> None:
     """Fold workflows into processes, online: the application keeps running.
 
     \b
@@ -102,22 +102,20 @@ def command(dsn, batch_size, lock_timeout, lock_retries, keep_workflow_table, or
                           lock=LockPolicy(timeout=lock_timeout, attempts=lock_retries), phase=phase,
                           django_migration=django_migrations.parse(record_django_migration),
                           max_replica_lag=max_replica_lag, pause_file=pause_file)
-    with writing_report(report, report_path):
-        with Context(job=JOB, dsn=dsn, dry_run=dry_run, report=report) as ctx:
-            database = describe_dsn(ctx.dsn)
-            report.info["database"] = database
-            if dry_run:
-                plan = plan_fold(ctx, options, rollback=rollback)
-                # Keep stdout clean for the JSON report when it goes there.
-                _print_plan(plan, database, batch_size, sys.stderr if report_path == "-" else sys.stdout)
-                if plan.refusal is not None:
-                    raise plan.refusal
-            elif rollback:
-                rollback_fold(ctx, options, progress=progress)
-                ctx.log.info("%s: rolled back to the legacy shape", database)
-            else:
-                fold_workflows(ctx, options, progress=progress)
-                if not report.info.get("already_folded"):
-                    ctx.log.info("%s: %s", database, {"all": "folded", "expand": "expanded",
-                                                       "contract": "contracted"}[phase])
-    return EXIT_OK
+    with Context(job=JOB, dsn=dsn, dry_run=dry_run, report=report) as ctx:
+        database = describe_dsn(ctx.dsn)
+        report.info["database"] = database
+        if dry_run:
+            plan = plan_fold(ctx, options, rollback=rollback)
+            # Keep stdout clean for the JSON report when it goes there.
+            _print_plan(plan, database, batch_size, sys.stderr if report_path == "-" else sys.stdout)
+            if plan.refusal is not None:
+                raise plan.refusal
+        elif rollback:
+            rollback_fold(ctx, options, progress=progress)
+            ctx.log.info("%s: rolled back to the legacy shape", database)
+        else:
+            fold_workflows(ctx, options, progress=progress)
+            if not report.info.get("already_folded"):
+                ctx.log.info("%s: %s", database, {"all": "folded", "expand": "expanded",
+                                                   "contract": "contracted"}[phase])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ponoskit.cli import EXIT_INCOMPLETE, EXIT_OK, init_logging, run_job
+from ponoskit.cli import init_logging, run_job
+from ponoskit.runtime import JobResult
 
 
 @click.command("demo")
@@ -24,4 +25,5 @@ def command(processes, workdir, verbosity):
     init_logging(verbosity - 1, False, "text")  # the jobs' INFO lines only with -v
     from ..demo import run_demo  # imports the servers' helpers only when the demo runs
 
-    return EXIT_OK if run_demo(processes=processes, workdir=workdir, echo=click.echo) else EXIT_INCOMPLETE
+    ok = run_demo(processes=processes, workdir=workdir, echo=click.echo)
+    return JobResult.finished([] if ok else ["a step of the demo failed (see above)"])

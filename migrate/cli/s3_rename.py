@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from ponoskit.budget import RuntimeBudget
-from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, ByteSize, Duration, bucket_options, dsn_option, init_logging,
-                          job_report, prices_option, progress, run_job, run_options, s3_options, writing_report)
+from ponoskit.cli import (ByteSize, Duration, bucket_options, dsn_option, init_logging,
+                          job_report, prices_option, progress, run_job, run_options, s3_options)
 from ponoskit.connections import S3Settings, describe_dsn
 from ponoskit.context import Context
 from ponoskit.s3.bill import parse_prices
@@ -84,15 +84,14 @@ def command(artifacts_bucket, logs_bucket, endpoint_url, profile, retry_deadline
     report = job_report("s3-rename", dry_run=dry_run)
     settings = S3Settings(endpoint_url=endpoint_url, profile=profile, max_pool_connections=max(64, 2 * workers),
                           concurrency=workers, max_rps=max_rps, retry_deadline=retry_deadline)
-    with writing_report(report, report_path):
-        with Context(job="s3-rename", dsn=dsn, use_db=not no_db, s3=settings, dry_run=dry_run,
-                     report=report) as context:
-            if context.use_db:
-                report.info["database"] = describe_dsn(context.dsn)
-            report.info["endpoint"] = context.endpoint
-            done = rename(context, options)
-            summarize(context)
-    return EXIT_OK if done else EXIT_INCOMPLETE
+    with Context(job="s3-rename", dsn=dsn, use_db=not no_db, s3=settings, dry_run=dry_run,
+                 report=report) as context:
+        if context.use_db:
+            report.info["database"] = describe_dsn(context.dsn)
+        report.info["endpoint"] = context.endpoint
+        result = rename(context, options)
+        summarize(context)
+    return result
 
 
 def summarize(context) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ponoskit.cli import (EXIT_INCOMPLETE, EXIT_OK, bucket_options, dsn_option, init_logging, job_report,
-                          output_options, progress, run_job, s3_options, writing_report)
+from ponoskit.cli import (bucket_options, dsn_option, init_logging, job_report,
+                          output_options, progress, run_job, s3_options)
 from ponoskit.connections import S3Settings, describe_dsn
 from ponoskit.context import Context
 
@@ -31,13 +31,13 @@ def command(artifacts_bucket, logs_bucket, endpoint_url, profile, retry_deadline
     init_logging(verbosity, quiet, log_format)
     report = job_report("verify")
     settings = S3Settings(endpoint_url=endpoint_url, profile=profile, retry_deadline=retry_deadline)
-    with writing_report(report, report_path), Context(job="verify", dsn=dsn, s3=settings, report=report) as context:
+    with Context(job="verify", dsn=dsn, s3=settings, report=report) as context:
         report.info.update(database=describe_dsn(context.dsn), endpoint=context.endpoint)
-        agree = verify(context, artifacts_bucket=artifacts_bucket, logs_bucket=logs_bucket, progress=progress)
+        result = verify(context, artifacts_bucket=artifacts_bucket, logs_bucket=logs_bucket, progress=progress)
         counts = report.counts
         context.log.info("verify: %s", ", ".join(f"{name} {counts[name]}" for name in (
             "artifacts_found", "logs_found", *PROBLEMS, "missing_logs", "orphans", "orphan_legacy", "unindexed_objects",
             "unrecognized", "objects")))
-        if not agree:
+        if not result.done:
             context.log.warning("database and buckets disagree: see the report for the keys")
-    return EXIT_OK if agree else EXIT_INCOMPLETE
+    return result
