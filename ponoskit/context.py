@@ -89,7 +89,7 @@ class Context:
 
     @cached_property
     def retrier(self) -> Retrier:
-        return Retrier(self.limiter, deadline=self.s3_settings.retry_deadline)
+        return Retrier(self.limiter, deadline=self.s3_settings.retry_deadline, waits=self.report.waits)
 
     @property
     def endpoint(self) -> str:

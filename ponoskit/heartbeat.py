@@ -23,6 +23,7 @@ from typing import Any, Callable, Optional
 
 from .metrics import write_textfile
 from .report import Report
+from .waits import describe_line
 
 log = logging.getLogger("ponos.progress")
 DEFAULT_INTERVAL = 30.0
@@ -64,6 +65,10 @@ class Heartbeat:
             return None
         snapshot = report.to_dict()
         progress = self._progress(report, snapshot)
+        waiting = report.waits.oldest()
+        if waiting is not None:
+            progress["waiting"] = waiting
+        snapshot["waiting_seconds"] = waiting["seconds"] if waiting else 0
         log.info(_text(snapshot, progress), extra={"progress": progress})
         if self.metrics_path:
             try:
@@ -104,6 +109,8 @@ def _text(snapshot: dict[str, Any], progress: dict[str, Any]) -> str:
                        if value and name != progress.get("measure"))
     if others or len(parts) == 1:
         parts.append(others or "nothing counted yet")
+    if "waiting" in progress:
+        parts.append(describe_line(progress["waiting"]))
     return "; ".join(parts)
 
 

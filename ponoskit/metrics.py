@@ -68,13 +68,17 @@ def render(report: dict[str, Any], exit_code: Optional[int], previous: Optional[
                         job, previous["last_run"])
     if "exit_code" in previous:
         lines += _gauge("ponos_job_exit_code",
-                        "Exit code of the last run (0 done, 1 incomplete, 2 config, 3 locked, 75 transient).",
+                        "Exit code of the last run (0 done, 1 left or failed, 2 refused, 3 locked, 75 transient or stopped, 130/143 interrupted).",
                         job, previous["exit_code"])
     lines += _gauge("ponos_job_running", "1 while a run goes on (the heartbeat rewrites this file), 0 after.",
                     job, 0 if exit_code is not None else 1)
     if exit_code is None:
         lines += _gauge("ponos_job_heartbeat_timestamp_seconds",
                         "When the running job last wrote its progress (Unix time): a stuck run stops it.", job, now)
+    if exit_code is None:
+        lines += _gauge("ponos_job_waiting_seconds",
+                        "How long the run has been waiting for a failing S3 or PostgreSQL (0: not waiting).",
+                        job, report.get("waiting_seconds", 0))
     lines += _gauge("ponos_job_duration_seconds", "How long the last run took (this run so far while running).",
                     job, report["seconds"])
     lines += ["# HELP ponos_job_items Counts of the last run's report, by item.",

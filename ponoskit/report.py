@@ -14,12 +14,15 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any, Iterator, Optional
 
+from .waits import Waits
+
 SHOWN_IDS = 20  # ids named in a one-line message; the report lists them all
 
 
 class Report:
     def __init__(self, job: str, **info: Any):
         self.job = job
+        self.waits = Waits()  # what the run waits for now (the heartbeat reads it; never in the file)
         self.info: dict[str, Any] = dict(info)
         self.counts: Counter[str] = Counter()
         self.items: dict[str, list[Any]] = {}

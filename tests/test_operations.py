@@ -279,3 +279,38 @@ def test_sigterm_stops_a_rename_cleanly_and_it_resumes(seeded, fault_proxy, s3_e
     assert code == 0, stderr
     assert_moved(artifacts_before, list_keys(seeded["ctx"].s3, seeded["artifacts"]), moves["artifacts"])
     assert_moved(logs_before, list_keys(seeded["ctx"].s3, seeded["logs"]), moves["logs"])
+
+
+# --- an outage says so ----------------------------------------------------------------------
+
+def test_an_outage_is_named_in_the_progress_lines_with_the_time_left(seeded, run, fault_proxy, tmp_path):
+    """S3 failing is not a slow run: each line names the request, the bucket, the error and
+    when the run gives up; the JSON lines and the metrics file carry the same."""
+    fault_proxy.add("internal", operations=("ListObjectsV2",), bucket=seeded["artifacts"],
+                    skip_key=".ponos-toolkit-canary")
+    metrics = tmp_path / "rename.prom"
+    code, report, stderr = run("--endpoint-url", fault_proxy.endpoint, "--progress-interval", "0.5",
+                               "--retry-deadline", "4s", "--log-format", "json", "--metrics-file", str(metrics))
+    assert code == 75, stderr
+    lines = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    waiting = [line for line in lines if line.get("event") == "progress" and "waiting" in line]
+    assert waiting, stderr
+    last = waiting[-1]["waiting"]
+    assert last["service"] == "S3" and last["operation"] == "ListObjectsV2" and last["target"] == seeded["artifacts"]
+    assert "InternalError" in last["error"] and 0 < last["gives_up_in_seconds"] <= 4
+    assert f"waiting for S3 (ListObjectsV2 on '{seeded['artifacts']}'): " in waiting[-1]["message"]
+    assert "giving up in" in waiting[-1]["message"]
+    assert report["status"] == "transient"
+    assert "ponos_job_waiting_seconds" not in metrics.read_text()  # the run is over: only while running
+
+
+def test_the_metrics_file_says_how_long_the_run_has_waited(tmp_path):
+    report = Report("s3-rename")
+    token = report.waits.begin("S3", "ListObjectsV2", "art", "connection refused", deadline=900)
+    path = tmp_path / "m.prom"
+    beat = Heartbeat(lambda: report, 1.0, str(path)).beat()
+    assert beat["waiting"]["operation"] == "ListObjectsV2" and beat["waiting"]["gives_up_in_seconds"] <= 900
+    assert re.search(r'^ponos_job_waiting_seconds\{job="s3-rename"\} \d', path.read_text(), re.M)
+    report.waits.end(token)
+    Heartbeat(lambda: report, 1.0, str(path)).beat()
+    assert 'ponos_job_waiting_seconds{job="s3-rename"} 0' in path.read_text()

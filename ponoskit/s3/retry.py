@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from ..waits import Waits
 from .errors import THROTTLE_CODES, Kind, S3TransientError, kind_of, one_line
 from .limiter import AdaptiveLimiter
 
@@ -24,8 +25,9 @@ from .limiter import AdaptiveLimiter
 class Retrier:
     def __init__(self, limiter: AdaptiveLimiter, *, deadline: float = 900.0, first_pause: float = 0.2,
                  max_pause: float = 20.0, sleep: Callable[[float], Any] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, waits: Optional[Waits] = None):
         self.limiter = limiter
+        self.waits = waits  # where the heartbeat sees that the run waits for S3 (ponoskit.waits)
         self.deadline = deadline
         self.first_pause, self.max_pause = first_pause, max_pause
         self._sleep, self._clock = sleep, clock
@@ -38,6 +40,14 @@ class Retrier:
 
     def call(self, what: str, fn: Callable, *args, **kwargs):
         """``fn(*args, **kwargs)``, retried while it throttles or fails transiently."""
+        waiting: list[Optional[int]] = [None]
+        try:
+            return self._call(what, fn, args, kwargs, waiting)
+        finally:
+            if self.waits is not None:
+                self.waits.end(waiting[0])
+
+    def _call(self, what: str, fn: Callable, args, kwargs, waiting: list):
         first_failure: Optional[float] = None
         attempt = 0
         while True:
@@ -60,8 +70,18 @@ class Retrier:
                     f"{what}: S3 kept failing for {now - first_failure:.0f}s ({one_line(failure)}); "
                     "run again to resume") from None
             self.retries += 1
+            self._note_wait(waiting, what, kwargs.get("Bucket") or "", one_line(failure))
             self._sleep(self.pause(attempt))
             attempt += 1
+
+
+    def _note_wait(self, waiting: list, what: str, bucket: str, error: str) -> None:
+        if self.waits is None:
+            return
+        if waiting[0] is None:
+            waiting[0] = self.waits.begin("S3", what, bucket, error, self.deadline)
+        else:
+            self.waits.update(waiting[0], error)
 
 
 def observe_throttles(client, limiter: AdaptiveLimiter) -> None:
