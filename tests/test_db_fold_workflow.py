@@ -172,7 +172,9 @@ def test_fold_reaches_the_naive_end_state_and_a_second_run_changes_nothing(twins
     expected = legacy_expectations(ours)
     assert expected["unstarted"] and expected["tasks"] > 40
 
+    called = time.monotonic()
     result = fold(ours, "--batch-size", "7", "--report", str(tmp_path / "report.json"))
+    wall = time.monotonic() - called
 
     assert result.exit_code == 0, result.output
     assert snapshot(ours) == snapshot(naive)  # same columns, constraints, indexes, and rows
@@ -181,7 +183,14 @@ def test_fold_reaches_the_naive_end_state_and_a_second_run_changes_nothing(twins
     phases = {phase["name"]: phase for phase in report["phases"]}
     assert phases["backfill_tasks"]["rows"] == expected["tasks"]
     assert phases["verify"]["tasks_with_process"] == expected["tasks"]
-    assert all(phase["seconds"] >= 0 for phase in report["phases"])
+    # Each phase's own wall time, in seconds (rounded to the ms): the phases run one after the
+    # other within the call, so together they fit in it and in the run's own time...
+    seconds = [phase["seconds"] for phase in report["phases"]]
+    assert min(seconds) >= 0 and sum(seconds) <= min(wall, report["seconds"]) + 0.0005 * len(seconds), \
+        (wall, report["seconds"], report["phases"])
+    # ...and a phase that did work took time: dozens of batches, a transaction each.
+    assert phases["backfill_processes"]["rows"] > 0 and phases["backfill_processes"]["seconds"] > 0
+    assert phases["backfill_tasks"]["seconds"] > 0
     assert report["counts"]["backfilled_ponos_task"] == expected["tasks"]
     assert_second_run_changes_nothing(ours, "--batch-size", "7")
 

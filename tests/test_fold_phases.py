@@ -9,13 +9,19 @@ SIGKILL; after the contract the rollback refuses.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
+import struct
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from typing import Optional
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from ponoskit import schema
 from tests.test_db_fold_workflow import (assert_second_run_changes_nothing, connect, describe_schema, fold,
@@ -200,9 +206,168 @@ def test_the_contract_records_the_new_releases_django_migration(legacy, table, r
         assert snapshot(legacy) == before  # refused before any change
 
 
-def test_a_connection_that_keeps_no_session_is_refused_nothing_else(legacy):
-    """A direct connection is a session: the check must not refuse it (PgBouncer itself is
-    not to be had here; the README says what it does)."""
-    from ponoskit.pgsession import require_session
-    with psycopg.connect(legacy, autocommit=True) as conn:
-        require_session(conn)
+class TransactionPool:
+    """A PostgreSQL pooler in transaction mode, as PgBouncer's ``pool_mode = transaction``
+    (PgBouncer itself is not to be had here): each client gets ``servers`` server connections
+    of its own and, every time the one serving it is idle again (ReadyForQuery, status I),
+    its next transaction goes to the next one. Trust authentication only (the harness's
+    pgserver); anything else skips the test."""
+
+    SSL_REQUEST, GSSENC_REQUEST, CANCEL_REQUEST = 80877103, 80877104, 80877102
+
+    def __init__(self, dsn: str, servers: int = 2):
+        with psycopg.connect(dsn) as conn:  # where the server really is, as libpq resolved it
+            host, port = conn.info.host, conn.info.port
+        self.target = (socket.AF_UNIX, f"{host}/.s.PGSQL.{port}") if host.startswith("/") \
+            else (socket.AF_INET, (host, port))
+        self.servers = servers
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.dsn = make_conninfo(dsn, host="127.0.0.1", port=self.listener.getsockname()[1],
+                                 sslmode="disable", gssencmode="disable")
+        self.served_by: list[int] = []  # which server connection served each transaction, in order
+        self.skip_reason: Optional[str] = None
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        for sock in [self.listener, *self._sockets]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _upstream(self) -> socket.socket:
+        family, address = self.target
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.connect(address)
+        self._sockets.append(sock)
+        return sock
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            self._sockets.append(client)
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        upstreams: list[socket.socket] = []
+        try:
+            while True:
+                startup = _read_startup(client)
+                code = struct.unpack("!i", startup[4:8])[0]
+                if code in (self.SSL_REQUEST, self.GSSENC_REQUEST):
+                    client.sendall(b"N")
+                    continue
+                break
+            if code == self.CANCEL_REQUEST:
+                upstreams.append(self._upstream())
+                upstreams[0].sendall(startup)
+                return
+            for n in range(self.servers):
+                upstream = self._upstream()
+                upstreams.append(upstream)
+                upstream.sendall(startup)
+                while True:
+                    kind, body = _read_message(upstream)
+                    if kind == b"R" and struct.unpack("!i", body[:4])[0] != 0:
+                        self.skip_reason = "the test PostgreSQL asks for a password: the pool replays trust only"
+                        return
+                    if n == 0 or kind == b"E":  # the client sees its first server's greeting
+                        client.sendall(kind + struct.pack("!i", len(body) + 4) + body)
+                    if kind == b"E":
+                        return
+                    if kind == b"Z":
+                        break
+            current = [0]
+            lock = threading.Lock()
+
+            def answers(index: int, upstream: socket.socket) -> None:
+                with contextlib.suppress(OSError, EOFError):
+                    while True:
+                        kind, body = _read_message(upstream)
+                        with lock:
+                            if kind == b"Z" and body == b"I" and current[0] == index:
+                                self.served_by.append(index)
+                                current[0] = (index + 1) % len(upstreams)  # before the client may go on
+                            client.sendall(kind + struct.pack("!i", len(body) + 4) + body)
+
+            for index, upstream in enumerate(upstreams):
+                threading.Thread(target=answers, args=(index, upstream), daemon=True).start()
+            while True:
+                kind, body = _read_message(client)
+                message = kind + struct.pack("!i", len(body) + 4) + body
+                if kind == b"X":  # the client says goodbye: so do its server connections
+                    for upstream in upstreams:
+                        upstream.sendall(message)
+                    return
+                with lock:
+                    serving = upstreams[current[0]]
+                serving.sendall(message)
+        except (OSError, EOFError):
+            return
+        finally:
+            for sock in [client, *upstreams]:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+
+def _read_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return data
+
+
+def _read_startup(sock: socket.socket) -> bytes:
+    head = _read_exactly(sock, 4)
+    return head + _read_exactly(sock, struct.unpack("!i", head)[0] - 4)
+
+
+def _read_message(sock: socket.socket) -> tuple[bytes, bytes]:
+    head = _read_exactly(sock, 5)
+    return head[:1], _read_exactly(sock, struct.unpack("!i", head[1:])[0] - 4)
+
+
+@pytest.fixture
+def transaction_pool(legacy):
+    pool = TransactionPool(legacy)
+    yield pool
+    pool.close()
+
+
+def test_a_connection_that_keeps_no_session_is_refused_nothing_else(legacy, transaction_pool):
+    """Through a transaction pool the fold refuses before any change (its advisory lock and
+    lock_timeout would not hold); the same fold straight to PostgreSQL runs."""
+    try:
+        conn = psycopg.connect(transaction_pool.dsn, autocommit=True)
+    except psycopg.OperationalError:
+        if transaction_pool.skip_reason:
+            pytest.skip(transaction_pool.skip_reason)
+        raise
+    with conn:
+        # The pool is one: each transaction on the next server connection, answers intact.
+        pids = [conn.execute("SELECT pg_backend_pid()").fetchone()[0] for _ in range(4)]
+        assert pids[0] == pids[2] != pids[1] == pids[3], pids
+        assert conn.execute("SELECT count(*) FROM ponos_task").fetchone()[0] > 0
+    before = snapshot(legacy)
+    served = len(transaction_pool.served_by)
+
+    result = fold(transaction_pool.dsn, "--phase", "expand")
+
+    assert result.exit_code == 2, result.output
+    assert "does not keep a session" in result.stderr and "PgBouncer in transaction mode" in result.stderr \
+        and "nothing changed" in result.stderr, result.stderr
+    assert len(set(transaction_pool.served_by[served:])) == 2  # the fold's own session did go round the pool
+    assert snapshot(legacy) == before
+    with connect(legacy) as conn:
+        assert schema.schema_state(conn) == schema.LEGACY
+        assert conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                            "(SELECT oid FROM pg_database WHERE datname = current_database())").fetchone()[0] == 0
+    # A direct connection is a session: the check does not refuse it.
+    direct = fold(legacy, "--phase", "expand")
+    assert direct.exit_code == 0, direct.output
+    assert "does not keep a session" not in direct.stderr

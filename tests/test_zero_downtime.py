@@ -26,6 +26,7 @@ from tests.conftest import list_keys
 from tests.workload import LEGACY, NEW, Ledger, Worker, forward_runbook, register_seeded, rollback_runbook
 
 STEP_SECONDS = 1.0
+UNTIL_SECONDS = 60.0  # a step's ``until`` that does not hold by then fails the test
 
 
 @pytest.fixture
@@ -76,8 +77,17 @@ class Runbook:
             self.codes[name] = result.exit_code
             assert result.exit_code == 0, (name, result.output, report.read_text() if report.exists() else "")
         time.sleep(max(0.0, STEP_SECONDS - (time.monotonic() - started)))
-        deadline = time.monotonic() + 60
-        while until is not None and not until() and time.monotonic() < deadline:
+        if until is None:
+            return
+        deadline = time.monotonic() + UNTIL_SECONDS
+        while not until():
+            if time.monotonic() >= deadline:
+                what = (until.__doc__ or until.__name__).strip().splitlines()[0]
+                running = {release: worker.is_alive() for release, worker in self.workers.items()}
+                pytest.fail(f"step {name!r}: waited {UNTIL_SECONDS:.0f}s for this to hold, in vain: {what}\n"
+                            f"seen: workers alive {running}; the counts so far:\n"
+                            + "\n".join(self.ledger.table(self.steps))
+                            + ("\nsamples:\n  " + "\n  ".join(self.ledger.samples[:10]) if self.ledger.samples else ""))
             time.sleep(0.2)
 
     def fold(self, *args):
