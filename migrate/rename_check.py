@@ -48,12 +48,12 @@ def final_check(context, bucket_pass: keys.BucketPass, key_range: KeyRange, move
         return {"final_check": "skipped (dry run)"}
     if not context.use_db:
         return _relist(context, bucket_pass, key_range, mover, record)
-    if not column_exists(context.db, "ponos_task", "workflow_id"):
+    if not context.with_db("the schema", lambda db: column_exists(db, "ponos_task", "workflow_id")):
         return {"final_check": "not needed: no legacy release can write (ponos_task.workflow_id is gone)"}
     moment = datetime.fromisoformat(since) - CLOCK_MARGIN
     moved_total = 0
     for round_number in range(1, ROUNDS + 1):
-        round_start = context.db.execute("SELECT now()").fetchone()[0]
+        round_start = context.with_db("the final check's clock", lambda db: db.execute("SELECT now()").fetchone()[0])
         found = _check_round(context, bucket_pass, key_range, mover, present, moment, record, restoring)
         moved_total += found
         if not found:
@@ -76,7 +76,8 @@ def final_check(context, bucket_pass: keys.BucketPass, key_range: KeyRange, move
 def _check_round(context, bucket_pass, key_range, mover, present, moment, record, restoring: bool) -> int:
     """Move (or, restoring, copy back) the keys of tasks changed since ``moment``; return how
     many were found."""
-    rows = context.db.execute(CHANGED_TASKS_SQL, {"unfinished": list(UNFINISHED_STATES), "since": moment}).fetchall()
+    rows = context.with_db("the final check's changed tasks", lambda db: db.execute(
+        CHANGED_TASKS_SQL, {"unfinished": list(UNFINISHED_STATES), "since": moment}).fetchall())
     reported = _problem_keys(context.report)  # already counted as conflicts, failures...: not twice
     futures = []
     for task_id, workflow_id, run, state in rows:

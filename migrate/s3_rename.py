@@ -261,7 +261,7 @@ def start_run(context, state: dict, passes: list[keys.BucketPass], options: Rena
 def _now(context) -> str:
     """The pass's start, on the database's clock when there is one (what tasks' times use)."""
     if context.use_db:
-        return context.db.execute("SELECT now()").fetchone()[0].isoformat()
+        return context.with_db("the database's clock", lambda db: db.execute("SELECT now()").fetchone()[0]).isoformat()
     return datetime.now(timezone.utc).isoformat()
 
 
@@ -289,7 +289,9 @@ def scan_destinations(context, bucket: str, progress=None, bill: Optional[Bill] 
 
 def task_states(context, page: Iterable[ObjectInfo]) -> Optional[dict[str, str]]:
     """Task id -> state for the UUIDs of this page (None without a database)."""
-    return task_states_of_keys(context.db, (obj.key for obj in page)) if context.use_db else None
+    if not context.use_db:
+        return None
+    return context.with_db("the page's task lookup", lambda db: task_states_of_keys(db, (obj.key for obj in page)))
 
 
 def needs_check(found: keys.Classified, states: Optional[dict], present: Optional[UUIDBloomFilter]) -> bool:
@@ -314,7 +316,8 @@ def move_range(context, bucket_pass: keys.BucketPass, options: RenameOptions, mo
             if not page:
                 continue
             states = task_states(context, page)
-            places = legacy_places(context.db, states) if restoring else {}
+            places = context.with_db("the page's legacy places",
+                                     lambda db: legacy_places(db, states)) if restoring else {}
             futures, decided = [], True
             for obj in page:
                 found = keys.classify(obj.key, states, logs=bucket_pass.logs, artifacts=bucket_pass.artifacts)

@@ -68,7 +68,7 @@ def _pages(context, bucket: str, progress=None) -> Iterator[list[ObjectInfo]]:
 TASKS_PER_READ = 2000
 
 
-def _expected_objects(conn, *, artifacts: bool, logs: bool) -> Iterator[tuple[str, str, Optional[int], bool]]:
+def _expected_objects(with_db, *, artifacts: bool, logs: bool) -> Iterator[tuple[str, str, Optional[int], bool]]:
     """(group, key, size, required) of every object the database expects, grouped by task.
 
     Artifacts are required, with their recorded size; logs of finished tasks are expected but
@@ -76,28 +76,34 @@ def _expected_objects(conn, *, artifacts: bool, logs: bool) -> Iterator[tuple[st
     short statement on an autocommit connection: the listing takes hours on a big bucket, and
     a transaction held that long would hold back vacuum on the hottest tables. A uuid sorts
     in PostgreSQL as its lowercase text sorts in S3 (byte order), so the ranges come in the
-    listing's order.
+    listing's order. A window read again after a lost connection gives the same rows.
     """
     after = None
     while True:
-        row = conn.execute(f"SELECT id FROM ponos_task {_between('id', after, None)} ORDER BY id OFFSET %(n)s LIMIT 1",
-                           {"lo": after, "n": TASKS_PER_READ - 1}).fetchone()
-        upto = row[0] if row else None
-        window = {"lo": after, "hi": upto, "finished": list(FINISHED_STATES)}
-        found: list[tuple[str, str, Optional[int], bool]] = []
-        if artifacts:
-            found += conn.execute(
-                f"SELECT task_id::text, task_id::text || '/' || path, size, true FROM ponos_artifact "
-                f"{_between('task_id', after, upto)}", window).fetchall()
-        if logs:
-            found += conn.execute(
-                f"SELECT id::text, id::text || '.log', NULL::bigint, false FROM ponos_task "
-                f"{_between('id', after, upto)} AND state = ANY(%(finished)s)", window).fetchall()
-        found.sort(key=lambda expected: expected[0])
+        upto, found = with_db("verify's rows", lambda db: _window(db, after, artifacts=artifacts, logs=logs))
         yield from found
         if upto is None:
             return
         after = upto
+
+
+def _window(conn, after, *, artifacts: bool, logs: bool) -> tuple[Optional[str], list]:
+    """The next window of task ids after ``after``: its upper bound and its expected objects."""
+    row = conn.execute(f"SELECT id FROM ponos_task {_between('id', after, None)} ORDER BY id OFFSET %(n)s LIMIT 1",
+                       {"lo": after, "n": TASKS_PER_READ - 1}).fetchone()
+    upto = row[0] if row else None
+    window = {"lo": after, "hi": upto, "finished": list(FINISHED_STATES)}
+    found: list[tuple[str, str, Optional[int], bool]] = []
+    if artifacts:
+        found += conn.execute(
+            f"SELECT task_id::text, task_id::text || '/' || path, size, true FROM ponos_artifact "
+            f"{_between('task_id', after, upto)}", window).fetchall()
+    if logs:
+        found += conn.execute(
+            f"SELECT id::text, id::text || '.log', NULL::bigint, false FROM ponos_task "
+            f"{_between('id', after, upto)} AND state = ANY(%(finished)s)", window).fetchall()
+    found.sort(key=lambda expected: expected[0])
+    return upto, found
 
 
 def _between(column: str, after, upto) -> str:
@@ -149,11 +155,11 @@ class _Merge:
 
 def check_bucket_against_rows(context, bucket: str, *, artifacts: bool, logs: bool, progress=None) -> None:
     """A merge join of the bucket listing with the rows that expect objects in it."""
-    merge = _Merge(context.report, _expected_objects(context.db, artifacts=artifacts, logs=logs),
+    merge = _Merge(context.report, _expected_objects(context.with_db, artifacts=artifacts, logs=logs),
                    artifacts=artifacts, logs=logs)
     group, listed = None, {}
     for page in _pages(context, bucket, progress):
-        tasks = known_tasks_of_keys(context.db, (obj.key for obj in page))
+        tasks = context.with_db("the page's task lookup", lambda db: known_tasks_of_keys(db, (obj.key for obj in page)))
         for obj in page:
             key_group = keys.listing_group(obj.key)
             if key_group != group:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from functools import cached_property
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -17,10 +18,11 @@ import psycopg
 
 from . import connections
 from .buffer import BatchBuffer
-from .errors import AlreadyRunning, FlushError
+from .errors import AlreadyRunning, FlushError, ServiceUnreachable
 from .hooks import Transaction
 from .pgsession import require_session
 from .report import Report
+from .runtime import pg_is_transient
 from .s3 import capabilities
 from .s3.capabilities import BucketCapabilities
 from .s3.limiter import AdaptiveLimiter
@@ -49,6 +51,43 @@ class Context:
         if not self.use_db:
             raise RuntimeError("this run has no database (--no-db)")
         return connections.connect_pg(self.dsn, application_name=f"ponos-{self.job}")
+
+    def with_db(self, what: str, fn: Callable[[psycopg.Connection], Any]) -> Any:
+        """``fn(db)``; where the connection is lost (a failover, pg_terminate_backend, a
+        restart), connect again and ask again, under the run's --retry-deadline, the progress
+        line saying so meanwhile; past it, :class:`ServiceUnreachable` (exit 75). Only for
+        statements a job can simply repeat, on the job's own autocommit connection (a session
+        lock or a transaction would not survive the new connection)."""
+        retrier = self.retrier
+        first_failure, attempt, token = None, 0, None
+        try:
+            while True:
+                try:
+                    return fn(self.db)
+                except (psycopg.Error, ServiceUnreachable) as exc:  # the latter: connecting again failed
+                    if isinstance(exc, psycopg.Error) and not pg_is_transient(exc):
+                        raise
+                    failure = exc
+                now = time.monotonic()
+                first_failure = now if first_failure is None else first_failure
+                self._drop_db()
+                if retrier.stopping.is_set() or now - first_failure >= retrier.deadline:
+                    raise ServiceUnreachable(f"PostgreSQL ({what}) kept failing for {now - first_failure:.0f}s "
+                                             f"({_one_line(failure)}); run again to resume") from None
+                if token is None:
+                    token = self.report.waits.begin("PostgreSQL", what, "", _one_line(failure), retrier.deadline)
+                else:
+                    self.report.waits.update(token, _one_line(failure))
+                time.sleep(retrier.pause(attempt))
+                attempt += 1
+        finally:
+            self.report.waits.end(token)
+
+    def _drop_db(self) -> None:
+        conn = self.__dict__.pop("db", None)
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
 
     def connect(self, **kwargs) -> psycopg.Connection:
         """A further connection (a worker thread's, a lock holder's); the caller closes it."""
@@ -159,3 +198,8 @@ class Context:
     def __exit__(self, *exc) -> bool:
         self.close()
         return False
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
