@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
@@ -11,7 +10,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ponoskit import connections, schema
 from ponoskit.errors import ConfigError, PonosError, TransientError
 from ponoskit.keys import CANARY_PREFIX
-from ponoskit.s3 import capabilities
+from ponoskit.s3 import canary, capabilities
 from ponoskit.s3.delete import delete_objects
 from ponoskit.s3.errors import Kind, S3PermissionError, kind_of, one_line, raise_typed
 
@@ -66,16 +65,15 @@ def _check_list(ctx, bucket: str) -> None:
 def _check_delete(ctx, bucket: str, caps, notes: list[str]) -> None:
     """A canary put, then deleted as the job deletes (ponoskit.s3.delete)."""
     capabilities.sweep_stale_canaries(ctx.s3, bucket, caps)
-    key = f"{CANARY_PREFIX}{uuid.uuid4()}/ponos-maint-{ctx.job}"
+    # In a folder naming this process, as the rename's probe: a run killed right here leaves a
+    # canary the next run on this host removes at once.
+    key = f"{canary.canary_folder()}ponos-maint-{ctx.job}"
     version = None
-    try:
-        answer = ctx.retrier.call("PutObject", ctx.s3.put_object, Bucket=bucket, Key=key,
-                                  Body=b"ponos-maint canary: deleted at once")
-        version = answer.get("VersionId")
-    except (ClientError, BotoCoreError) as exc:
-        if kind_of(exc) is not Kind.PERMISSION:
-            raise_typed(exc, f"putting the canary s3://{bucket}/{key}")
-        notes.append(f"s3:PutObject refused on the canary ({one_line(exc)}); the job never writes: "
+    try:  # a server refusing boto3's checksum headers is told here, in one line (exit 2)
+        version = canary.put_canary(ctx.s3, bucket, key, b"ponos-maint canary: deleted at once",
+                                    retrier=ctx.retrier).get("VersionId")
+    except S3PermissionError as exc:
+        notes.append(f"s3:PutObject refused on the canary ({exc}); the job never writes: "
                      "s3:DeleteObject was checked on a canary key that does not exist")
     try:
         [error] = delete_objects(ctx.s3, bucket, [key], retrier=ctx.retrier)
