@@ -210,10 +210,15 @@ def test_storage_class_tags_headers_and_metadata_survive(seeded, run, size, thre
     workflow, task, _ = tasks_of(seeded["dsn"], unfinished=False)[0]
     source, destination = f"{workflow}/{task}/kept/everything.bin", f"{task}/kept/everything.bin"
     body = os.urandom(size)
-    s3.put_object(Bucket=seeded["artifacts"], Key=source, Body=body, StorageClass="STANDARD_IA",
-                  ContentType="application/x-weights", CacheControl="max-age=60", ContentDisposition="attachment",
-                  ContentEncoding="identity", ContentLanguage="fr", Metadata={"origin": "test", "n": "1"},
-                  Tagging="project=arkindex&tier=cold")
+    attributes = dict(ContentType="application/x-weights", CacheControl="max-age=60", ContentDisposition="attachment",
+                      ContentEncoding="identity", ContentLanguage="fr", Metadata={"origin": "test", "n": "1"},
+                      Tagging="project=arkindex&tier=cold")
+    storage_class = "STANDARD_IA"
+    try:
+        s3.put_object(Bucket=seeded["artifacts"], Key=source, Body=body, StorageClass=storage_class, **attributes)
+    except s3.exceptions.ClientError:  # Ceph RGW without placement targets has STANDARD only
+        storage_class = None
+        s3.put_object(Bucket=seeded["artifacts"], Key=source, Body=body, **attributes)
     before = s3.head_object(Bucket=seeded["artifacts"], Key=source)
 
     code, report, _ = run("--multipart-threshold", threshold, "--part-size", "5MiB")
@@ -223,7 +228,7 @@ def test_storage_class_tags_headers_and_metadata_survive(seeded, run, size, thre
     for field in ("ContentType", "CacheControl", "ContentDisposition", "ContentEncoding", "ContentLanguage",
                   "Metadata", "ContentLength"):
         assert after.get(field) == before.get(field), field
-    assert after.get("StorageClass") == "STANDARD_IA"
+    assert after.get("StorageClass") == storage_class  # None: STANDARD, as the source
     tags = s3.get_object_tagging(Bucket=seeded["artifacts"], Key=destination)["TagSet"]
     assert sorted((t["Key"], t["Value"]) for t in tags) == [("project", "arkindex"), ("tier", "cold")]
     assert s3.get_object(Bucket=seeded["artifacts"], Key=destination)["Body"].read() == body
@@ -233,7 +238,10 @@ def test_archived_objects_are_counted_and_listed_not_failed(seeded, run):
     s3 = seeded["ctx"].s3
     workflow, task, _ = tasks_of(seeded["dsn"], unfinished=False)[0]
     source = f"{workflow}/{task}/cold/archive.tar"
-    s3.put_object(Bucket=seeded["artifacts"], Key=source, Body=b"frozen", StorageClass="GLACIER")
+    try:
+        s3.put_object(Bucket=seeded["artifacts"], Key=source, Body=b"frozen", StorageClass="GLACIER")
+    except s3.exceptions.ClientError as exc:
+        pytest.skip(f"this server has no GLACIER class, so nothing is ever archived on it ({exc})")
 
     code, report, stderr = run()
 
@@ -249,8 +257,11 @@ def test_a_source_keeps_its_own_kms_key(seeded, run, s3_implementation):
     s3 = seeded["ctx"].s3
     if s3_implementation == "seaweedfs":
         pytest.skip("this SeaweedFS has no KMS configured: SSE-KMS objects cannot be written to it")
-    s3.put_bucket_encryption(Bucket=seeded["artifacts"], ServerSideEncryptionConfiguration={"Rules": [
-        {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "default-key"}}]})
+    try:
+        s3.put_bucket_encryption(Bucket=seeded["artifacts"], ServerSideEncryptionConfiguration={"Rules": [
+            {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": "default-key"}}]})
+    except s3.exceptions.ClientError as exc:  # Ceph RGW 16.2: no bucket encryption, no KMS here
+        pytest.skip(f"this server takes no KMS default encryption ({exc})")
     workflow, task, _ = tasks_of(seeded["dsn"], unfinished=False)[0]
     source, destination = f"{workflow}/{task}/secret.bin", f"{task}/secret.bin"
     s3.put_object(Bucket=seeded["artifacts"], Key=source, Body=b"classified", ServerSideEncryption="aws:kms",
@@ -441,7 +452,10 @@ def test_a_bucket_in_another_region_is_found_and_used(legacy_dsn, context_factor
     from ponos_dev import seed
     ctx = context_factory(legacy_dsn)
     bucket = f"eu-{uuid.uuid4().hex[:16]}"
-    ctx.s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+    try:
+        ctx.s3.create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+    except ctx.s3.exceptions.ClientError as exc:  # Ceph RGW: one zonegroup, no other region to ask for
+        pytest.skip(f"this server has no region but its own ({exc})")
     with psycopg.connect(legacy_dsn, autocommit=True) as conn:
         seed.seed_database(conn, seed.SeedSpec(processes=4, seed=8))
         seed.seed_s3(ctx, conn, artifacts_bucket=bucket, logs_bucket=bucket, seed=8)
