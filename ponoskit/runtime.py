@@ -91,7 +91,8 @@ def pg_is_transient(exc: BaseException) -> bool:
 
 def result_of(exc: BaseException) -> JobResult:
     """The status of a run that ended by raising ``exc`` (the taxonomy, once for every job)."""
-    reason = one_line(exc)
+    # Our own messages are written to be read whole; a foreign one may be a page long.
+    reason = " ".join(str(exc).split()) if isinstance(exc, PonosError) else one_line(exc)
     if isinstance(exc, KeyboardInterrupt):
         terminated = type(exc).__name__ == "Terminated"  # ponoskit.cli's SIGTERM
         return JobResult(Status.TERMINATED if terminated else Status.INTERRUPTED, ["interrupted: run again to resume"])
