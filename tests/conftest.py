@@ -65,6 +65,27 @@ def _s3_implementations() -> list[str]:
     return chosen
 
 
+# Where Ceph RGW's answers differ from the other two: what S3 does to an object (copies,
+# conditions, deletes, markers, capabilities, the cleanup's deletes, exit codes). The long
+# runs that only repeat those calls (20 SIGKILLs, the two-release runbooks, the cleanup's
+# resilience) run on SeaweedFS and moto; PONOS_TEST_RGW=all runs every S3 test on RGW too.
+RGW_MODULES = {"test_s3_never_lose", "test_s3_production", "test_s3_capabilities", "test_s3_rename",
+               "test_cleanup_s3_production", "test_cleanup", "test_verify", "test_exit_codes",
+               "test_rgw_harness", "test_foundation_smoke"}
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PONOS_TEST_RGW") == "all":
+        return
+    kept, dropped = [], []
+    for item in items:
+        on_rgw = getattr(item, "callspec", None) is not None and item.callspec.params.get("s3_server") == "rgw"
+        (dropped if on_rgw and item.module.__name__.rsplit(".", 1)[-1] not in RGW_MODULES else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 @pytest.fixture(scope="session", params=_s3_implementations())
 def s3_server(request, tmp_path_factory):
     if request.param == "external":
