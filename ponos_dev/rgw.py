@@ -5,12 +5,13 @@ One ``ceph-mon``, one ``ceph-osd`` keeping its data in memory (memstore) and one
 fsid and configuration file: nothing in /etc/ceph or /var/lib/ceph is read or written, and a
 Ceph cluster already on the machine is never touched. No authentication between the daemons
 (``auth_*_required = none``, messenger in ``crc`` mode, else radosgw cannot log in to the
-monitor), pools of one replica. It starts in 2 to 3 s (most of it radosgw creating its pools:
-the monitor commits each new OSD map at once here, not after its default 1 s) and holds about
-150 MB; every daemon is stopped when the block exits, even when the start failed.
+monitor), pools of one replica, a storage class STANDARD_IA besides STANDARD.
+It starts in 2 to 4 s (most of it radosgw creating its pools; the monitor commits each new OSD
+map at once here, not after its default 1 s); every daemon is stopped when the block exits,
+even when the start failed.
 
-Objects may use SSE-KMS: RGW's "testing" KMS backend holds the keys the tests name (RGW 16.2
-cannot copy such an object, though: NotImplemented).
+Objects may use SSE-C and SSE-KMS over plain http; RGW's "testing" KMS backend holds the keys
+the tests name (RGW 16.2 cannot copy an SSE-KMS object, though: NotImplemented).
 
     with ceph_rgw(tmp_path) as s3:   # a local.LocalS3, like local.seaweedfs()
         boto3.client("s3", endpoint_url=s3.endpoint_url, ...)
@@ -31,6 +32,9 @@ from .local import LOCAL_ACCESS_KEY, LOCAL_SECRET_KEY, LocalS3, _die_with_parent
 
 PACKAGES = ("ceph-mon", "ceph-osd", "radosgw")
 INSTALL_COMMAND = "apt-get install -y --no-install-recommends " + " ".join(PACKAGES)
+# A class besides STANDARD, so a copy's storage class is tested here too. Not GLACIER: RGW has
+# no archive tier, a class of that name would hold objects readable at once.
+STORAGE_CLASSES = ("STANDARD_IA",)
 BINARIES = ("ceph-mon", "ceph-osd", "radosgw", "radosgw-admin", "monmaptool", "ceph")
 
 # Keys of the "testing" KMS backend (AES-256, base64), so SSE-KMS objects can be written:
@@ -121,6 +125,7 @@ rgw dynamic resharding = false
 # deleted objects' tails are freed soon, not after two hours
 rgw gc obj min wait = 10
 rgw gc processor period = 10
+# SSE-C and SSE-KMS over plain http (RGW refuses them without TLS by default)
 rgw crypt require ssl = false
 rgw crypt s3 kms backend = testing
 rgw crypt s3 kms encryption keys = {kms_keys}
@@ -170,10 +175,17 @@ def ceph_rgw(workdir: str | os.PathLike, timeout: float = 90.0) -> Iterator[Loca
         osd_id = run("ceph", "--connect-timeout", str(int(timeout)), "osd", "new", osd_uuid).strip()
         run("ceph-osd", "-i", osd_id, "--mkfs", "--osd-uuid", osd_uuid)
         start(f"osd.{osd_id}", "ceph-osd", "-i", osd_id)
-        # The S3 user (radosgw-admin waits for the OSD, creates the pools and the default zone),
-        # then the gateway.
+        # The S3 user (radosgw-admin waits for the OSD, creates the pools and the default zone).
         run("radosgw-admin", "user", "create", "--uid=ponos", "--display-name=ponos",
             f"--access-key={LOCAL_ACCESS_KEY}", f"--secret={LOCAL_SECRET_KEY}")
+        # Storage classes besides STANDARD, as a production RGW may have them (in the one data
+        # pool here): RGW refuses any x-amz-storage-class its placement target does not list.
+        for storage_class in STORAGE_CLASSES:
+            run("radosgw-admin", "zonegroup", "placement", "add", "--rgw-zonegroup=default",
+                "--placement-id=default-placement", f"--storage-class={storage_class}")
+            run("radosgw-admin", "zone", "placement", "add", "--rgw-zone=default",
+                "--placement-id=default-placement", f"--storage-class={storage_class}",
+                "--data-pool=default.rgw.buckets.data")
         rgw = start("rgw", "radosgw", "-n", "client.rgw.ponos")
         endpoint = f"http://127.0.0.1:{rgw_port}"
         _wait_for_s3(endpoint, rgw, root / "log" / "rgw.out", timeout, name="Ceph RGW")

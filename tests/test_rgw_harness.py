@@ -43,6 +43,8 @@ def test_a_cluster_answers_s3_then_stops_every_daemon(tmp_path):
         client.create_bucket(Bucket="harness")
         client.put_object(Bucket="harness", Key="a/b", Body=b"bytes")
         assert client.get_object(Bucket="harness", Key="a/b")["Body"].read() == b"bytes"
+        client.put_object(Bucket="harness", Key="ia", Body=b"cool", StorageClass="STANDARD_IA")
+        assert client.head_object(Bucket="harness", Key="ia")["StorageClass"] == "STANDARD_IA"
         daemons = {**daemons_of(tmp_path), "radosgw": s3.process.pid}  # radosgw -f writes no pid file
         assert set(daemons) == {"mon.a", "osd.0", "radosgw"}
         assert all(alive(pid) for pid in daemons.values())
