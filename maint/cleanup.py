@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import psycopg
 
@@ -44,7 +44,6 @@ LOCK_KEY = preflight.lock_key("ponos-maint cleanup")
 UNFINISHED_STATES = list(tasks.UNFINISHED_STATES)
 MAX_LISTED_IDS = 1000
 LOCK_RETRIES = 3
-_clock = time.monotonic  # the runtime budget's clock (tests replace it)
 
 # Tasks are due when their process has no task left that is unexpired or unfinished.
 DUE = """t.expiry < %(before)s AND NOT EXISTS (
@@ -111,16 +110,33 @@ class CleanupOptions:
     max_tasks: Optional[int] = None  # delete at most this many tasks this run (a large backlog's first runs)
     list_prefixes: bool = False  # list each task's artifacts prefix instead of deleting the keys rows name
     prices: Optional[dict] = None  # USD per 1,000 requests for the dry run's bill (ponoskit.s3.bill)
-    progress: Optional[Callable[..., Any]] = None  # (total, desc, unit) -> a tqdm-like bar; the CLI injects its own
+    clock: Callable[[], float] = time.monotonic  # --max-runtime's clock
+
+    def targets(self, conn, ids: list) -> list:
+        """What S3 holds for these tasks: the keys their rows name (read before the rows go),
+        or with ``list_prefixes`` their prefixes (maint.outbox)."""
+        buckets = {"artifacts_bucket": self.artifacts_bucket, "logs_bucket": self.logs_bucket}
+        if self.list_prefixes:
+            return outbox.targets_for_tasks(ids, **buckets)
+        return outbox.targets_for_rows(conn, ids, **buckets)
 
 
 def run_cleanup(ctx, opts: CleanupOptions) -> JobResult:
-    budget = RuntimeBudget(opts.max_runtime, clock=_clock)
+    """The job; a lost database session resumes it from the outbox (what a re-run would do)."""
     ctx.report.info.update(before=opts.before.isoformat(), batch_size=opts.batch_size,
                            artifacts_bucket=opts.artifacts_bucket, logs_bucket=opts.logs_bucket,
                            max_tasks=opts.max_tasks, list_prefixes=opts.list_prefixes)
+    budget = RuntimeBudget(opts.max_runtime, clock=opts.clock)
     requests = billing.counter(ctx.s3)
     sent_before = requests.snapshot()
+    try:
+        return ctx.resuming("the cleanup", lambda: _locked_run(ctx, opts, budget, requests, sent_before))
+    finally:
+        if not ctx.dry_run:
+            billing.record(ctx.report, "s3_requests", requests.since(sent_before))
+
+
+def _locked_run(ctx, opts: CleanupOptions, budget: RuntimeBudget, requests, sent_before) -> JobResult:
     with ctx.advisory_lock(LOCK_KEY, "ponos-maint cleanup"):
         try:
             preflight.require_folded(ctx.db)
@@ -133,13 +149,12 @@ def run_cleanup(ctx, opts: CleanupOptions) -> JobResult:
                 return plan(ctx, opts, params, requests, sent_before)
             return clean(ctx, opts, params, budget)
         except psycopg.Error as exc:
-            raise preflight.database_error(exc) from None
-        finally:
-            if not ctx.dry_run:
-                billing.record(ctx.report, "s3_requests", requests.since(sent_before))
+            raise preflight.database_error(exc) from exc
 
 
 def report_unfinished_processes(ctx, params: dict) -> None:
+    ctx.report.items.pop("processes_skipped_unfinished", None)  # a resumed run counts them again
+    ctx.report.counts.pop("processes_skipped_unfinished", None)
     with ctx.report.phase("unfinished"), ctx.db.cursor() as cur:
         for (process_id,) in cur.execute(UNFINISHED_SQL, params):
             ctx.report.add("processes_skipped_unfinished", str(process_id), limit=MAX_LISTED_IDS)
@@ -148,6 +163,30 @@ def report_unfinished_processes(ctx, params: dict) -> None:
         shown = ", ".join(ctx.report.items["processes_skipped_unfinished"][:5])
         ctx.log.warning("%d expired process(es) still have an unfinished task and are left alone: %s%s",
                         skipped, shown, ", ..." if skipped > 5 else "")
+
+
+def due_batches(opts: CleanupOptions, take: Callable[[Optional[object], int], list]) -> Iterator[list]:
+    """The due tasks a batch at a time, in id order, as far as --max-tasks allows: what the
+    real run deletes and the dry run counts. ``take(after, limit)`` picks (and, in a real
+    run, deletes) the next batch and returns its ids; the consumer stops between batches by
+    leaving the loop."""
+    after, taken = None, 0
+    while opts.max_tasks is None or taken < opts.max_tasks:
+        limit = opts.batch_size if opts.max_tasks is None else min(opts.batch_size, opts.max_tasks - taken)
+        ids = take(after, limit)
+        if not ids:
+            return
+        yield ids
+        after, taken = ids[-1], taken + len(ids)
+
+
+def is_dense(conn, ids: list, *, still_there: bool) -> bool:
+    """Few other tasks lie between this batch's first and last id: their files are listed by
+    prefix groups instead of one listing per task (maint.listing_plan). ``still_there``: the
+    batch's own tasks are not deleted yet (a dry run), so they are not counted as others."""
+    own = max(len(ids) - 2, 0) if still_there else 0
+    between = conn.execute(TASKS_BETWEEN_SQL, (ids[0], ids[-1], len(ids) + 1 + own)).fetchone()[0]
+    return between - own <= len(ids)
 
 
 def clean(ctx, opts: CleanupOptions, params: dict, budget: RuntimeBudget) -> JobResult:
@@ -176,21 +215,25 @@ def clean(ctx, opts: CleanupOptions, params: dict, budget: RuntimeBudget) -> Job
         reasons.append(f"S3 failed ({one_line(purger.broken)}): the outbox keeps what is left for the next run")
     elif purger.failures:
         reasons.append(f"{purger.failures} S3 failure(s): the outbox keeps them for the next run")
-    aside, rows = outbox.set_aside_rows(ctx.db)
-    if aside:
-        ctx.report.count("outbox_set_aside", aside)
-        for row in rows:
-            ctx.report.add("outbox_set_aside_rows", row, also_count=False)
-        reasons.append(f"{aside} outbox target(s) set aside after {outbox.MAX_ATTEMPTS} refused attempts "
-                       "(see the report): fix the cause, then run with --retry-set-aside")
+    reasons += _set_aside(ctx)
     if not reasons:
-        left = ctx.db.execute(f"SELECT count(*) FROM ponos_task t WHERE {DUE}", params).fetchone()[0]
+        left = ctx.db.execute(COUNT_DUE_SQL, params).fetchone()[0]
         if left:
             ctx.report.count("tasks_left_locked", left)
             reasons.append(f"{left} due task(s) were locked by another transaction and skipped")
     log_summary(ctx, reasons)
     return JobResult.finished(reasons, transient=transient, stopped=stopped,
                               terminated=opts.stop is not None and opts.stop.is_set())
+
+
+def _set_aside(ctx) -> list[str]:
+    aside, rows = outbox.set_aside_rows(ctx.db)
+    if not aside:
+        return []
+    ctx.report.counts["outbox_set_aside"] = aside
+    ctx.report.items["outbox_set_aside_rows"] = list(rows)
+    return [f"{aside} outbox target(s) set aside after {outbox.MAX_ATTEMPTS} refused attempts "
+            "(see the report): fix the cause, then run with --retry-set-aside"]
 
 
 def drain_outbox(ctx, purger: Purger, opts: CleanupOptions, budget: RuntimeBudget) -> None:
@@ -205,6 +248,7 @@ def drain_outbox(ctx, purger: Purger, opts: CleanupOptions, budget: RuntimeBudge
         if purger.broken is not None or why_stop(opts.stop, budget):
             break
         purger.submit(chunk)
+        purger.acknowledge()
     purger.wait()
 
 
@@ -221,9 +265,7 @@ def hand_over_fold_leftovers(ctx, purger: Purger, opts: CleanupOptions, budget: 
     recorded = fold_leftovers.recorded(ctx.db)
     ctx.report.count("fold_deleted_tasks_recorded_at_start", recorded)
     while recorded:
-        if purger.broken is not None:
-            return "S3 failed"
-        reason = why_stop(opts.stop, budget)
+        reason = _why_stop(purger, opts, budget)
         if reason:
             return reason
         with ctx.transaction() as tx:
@@ -235,37 +277,42 @@ def hand_over_fold_leftovers(ctx, purger: Purger, opts: CleanupOptions, budget: 
             # After the commit only: the rows are gone and the outbox holds the targets, or neither.
             tx.on_post_commit(lambda: ctx.report.count("fold_deleted_tasks_handed_over", len(rows)))
             tx.on_post_commit(lambda: purger.submit(targets))
+        purger.acknowledge()
     return ""
 
 
 def delete_due_tasks(ctx, purger: Purger, opts: CleanupOptions, params: dict, budget: RuntimeBudget) -> str:
     """Batch after batch until nothing is due (or --max-tasks are gone); returns why it
     stopped early, or ''."""
-    after = None
-    deleted = 0
     due = ctx.db.execute(COUNT_DUE_SQL, params).fetchone()[0]
     ctx.report.info["tasks_due_at_start"] = due
     total = due if opts.max_tasks is None else min(due, opts.max_tasks)
     ctx.report.expect("tasks", total=total)
-    with (opts.progress or _no_bar)(total=total, desc="tasks", unit="task") as bar:
-        while True:
-            if purger.broken is not None:
-                return "S3 failed"
-            if opts.max_tasks is not None and deleted >= opts.max_tasks:
-                return _max_tasks_reached(ctx, opts, params)
-            reason = why_stop(opts.stop, budget)
+    taken = 0
+    with ctx.bar("tasks", total=total, unit="task") as bar:
+        reason = _why_stop(purger, opts, budget)
+        if reason:
+            return reason
+        for ids in due_batches(opts, lambda after, limit: delete_batch(ctx, purger, opts, params, after, limit)):
+            bar.update(len(ids))
+            purger.acknowledge()
+            taken += len(ids)
+            if opts.max_tasks is not None and taken >= opts.max_tasks:
+                break
+            reason = _why_stop(purger, opts, budget)
             if reason:
                 return reason
-            limit = opts.batch_size if opts.max_tasks is None else min(opts.batch_size, opts.max_tasks - deleted)
-            batch = delete_batch(ctx, purger, opts, params, after, limit)
-            if batch is None:
-                return ""
-            after, size = batch
-            deleted += size
-            bar.update(size)
+    return _max_tasks_reached(ctx, opts, params)
+
+
+def _why_stop(purger: Purger, opts: CleanupOptions, budget: RuntimeBudget) -> str:
+    """Why not to start another batch: S3 failing, a signal, --max-runtime; or ''."""
+    return "S3 failed" if purger.broken is not None else why_stop(opts.stop, budget)
 
 
 def _max_tasks_reached(ctx, opts: CleanupOptions, params: dict) -> str:
+    if opts.max_tasks is None:
+        return ""
     left = ctx.db.execute(COUNT_DUE_SQL, params).fetchone()[0]
     if not left:
         return ""
@@ -273,43 +320,34 @@ def _max_tasks_reached(ctx, opts: CleanupOptions, params: dict) -> str:
     return f"--max-tasks ({opts.max_tasks}) reached: {left} due task(s) left for the next run"
 
 
-def delete_batch(ctx, purger: Purger, opts: CleanupOptions, params: dict, after,
-                 limit: Optional[int] = None) -> Optional[tuple]:
-    """One short transaction; returns (last task id, number of tasks) or None when none is due."""
+def delete_batch(ctx, purger: Purger, opts: CleanupOptions, params: dict, after, limit: int) -> list:
+    """One short transaction: pick the next due tasks, delete them, record their files in the
+    outbox; after the commit the purger deletes the files. Returns the ids ([] when none is due)."""
     sql = PICK_SQL.format(after="t.id > %(after)s AND" if after else "") + LOCKING
     for attempt in range(1, LOCK_RETRIES + 1):
         try:
             with ctx.transaction() as tx:
                 tx.execute("SET LOCAL lock_timeout = '5s'")
-                picked = tx.execute(sql, {**params, "after": after, "limit": limit or opts.batch_size}).fetchall()
+                picked = tx.execute(sql, {**params, "after": after, "limit": limit}).fetchall()
                 if not picked:
-                    return None
+                    return []
                 ids = [task_id for task_id, _ in picked]
-                if opts.list_prefixes:
-                    found = outbox.targets_for_tasks(ids, artifacts_bucket=opts.artifacts_bucket,
-                                                     logs_bucket=opts.logs_bucket)
-                else:  # the keys the rows name, read before the rows go
-                    found = outbox.targets_for_rows(tx.conn, ids, artifacts_bucket=opts.artifacts_bucket,
-                                                    logs_bucket=opts.logs_bucket)
+                found = opts.targets(tx.conn, ids)
                 counts = tasks.delete_tasks(tx.conn, ids)
                 processes = list({process_id for _, process_id in picked})
                 counts["processes"] = tx.execute(EMPTIED_PROCESSES_SQL, (processes,)).fetchone()[0]
                 targets = outbox.add(tx.conn, found)
-                dense = False
-                if opts.list_prefixes:
-                    # Few tasks left between the first and last id: their files are listed by
-                    # prefix groups instead of one listing per task (purge.plan_listings).
-                    others = tx.execute(TASKS_BETWEEN_SQL, (ids[0], ids[-1], len(ids) + 1)).fetchone()[0]
-                    dense = others <= len(ids)
+                dense = opts.list_prefixes and is_dense(tx.conn, ids, still_there=False)
                 # After the commit only: no object goes while its row exists.
                 tx.on_post_commit(lambda: _count(ctx, counts))
                 tx.on_post_commit(lambda: purger.submit(targets, dense=dense))
-            return ids[-1], len(ids)
+            return ids
         except (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected) as exc:
             if attempt == LOCK_RETRIES:
                 raise
             ctx.log.warning("batch rolled back (%s), retrying", type(exc).__name__)
             time.sleep(attempt)
+    return []
 
 
 def plan(ctx, opts: CleanupOptions, params: dict, requests: billing.RequestCounter,
@@ -317,18 +355,7 @@ def plan(ctx, opts: CleanupOptions, params: dict, requests: billing.RequestCount
     """The dry run: count what a real run would delete, in the database and in S3, and the
     S3 requests it would make (the same listings are made; deletes are estimated)."""
     with ctx.report.phase("plan"):
-        if opts.max_tasks is None:
-            processes, tasks, artifacts, gpus = ctx.db.execute(PLAN_SQL, params).fetchone()
-            parents = ctx.db.execute(PLAN_PARENTS_SQL, params).fetchone()[0]
-        else:
-            processes, tasks, artifacts, gpus, parents = ctx.db.execute(
-                LIMITED_PLAN_SQL, {**params, "max_tasks": opts.max_tasks}).fetchone()
-            left = ctx.db.execute(COUNT_DUE_SQL, params).fetchone()[0] - tasks
-            if left:
-                ctx.report.count("tasks_left_due", left)  # what the next run would find
-    _count(ctx, {"processes": processes, "tasks": tasks, "artifacts": artifacts,
-                 "gpus_released": gpus, "task_parents": parents})
-    ctx.report.expect("tasks", total=tasks)
+        _count(ctx, _planned_rows(ctx, opts, params))
     purger = Purger(ctx, count_only=True, list_keys=opts.list_prefixes)
     deletes = 0
     try:
@@ -342,23 +369,9 @@ def plan(ctx, opts: CleanupOptions, params: dict, requests: billing.RequestCount
                 for page in fold_leftovers.iter_recorded(ctx.db, opts.batch_size):
                     deletes += _counted(purger, fold_leftovers.targets_for(
                         page, artifacts_bucket=opts.artifacts_bucket, logs_bucket=opts.logs_bucket))
-            after, planned = None, 0
-            while opts.max_tasks is None or planned < opts.max_tasks:
-                limit = opts.batch_size if opts.max_tasks is None else min(opts.batch_size, opts.max_tasks - planned)
-                sql = PICK_SQL.format(after="t.id > %(after)s AND" if after else "")
-                ids = [row[0] for row in ctx.db.execute(sql, {**params, "after": after, "limit": limit}).fetchall()]
-                if not ids:
-                    break
-                if opts.list_prefixes:
-                    between = ctx.db.execute(TASKS_BETWEEN_SQL, (ids[0], ids[-1], 2 * len(ids))).fetchone()[0]
-                    others = between - max(len(ids) - 2, 0)  # not counting this page's own tasks
-                    deletes += _counted(purger, outbox.targets_for_tasks(
-                        ids, artifacts_bucket=opts.artifacts_bucket, logs_bucket=opts.logs_bucket),
-                        dense=others <= len(ids))
-                else:
-                    deletes += _counted(purger, outbox.targets_for_rows(
-                        ctx.db, ids, artifacts_bucket=opts.artifacts_bucket, logs_bucket=opts.logs_bucket))
-                after, planned = ids[-1], planned + len(ids)
+            for ids in due_batches(opts, lambda after, limit: _pick(ctx, params, after, limit)):
+                dense = opts.list_prefixes and is_dense(ctx.db, ids, still_there=True)
+                deletes += _counted(purger, opts.targets(ctx.db, ids), dense=dense)
     finally:
         purger.close()
     bill = billing.merged(requests.since(sent_before),
@@ -369,6 +382,27 @@ def plan(ctx, opts: CleanupOptions, params: dict, requests: billing.RequestCount
     reasons = [f"S3 failed while counting ({one_line(purger.broken)})"] if purger.broken is not None else []
     log_summary(ctx, reasons)
     return JobResult.finished(reasons, transient=bool(reasons))
+
+
+def _planned_rows(ctx, opts: CleanupOptions, params: dict) -> dict:
+    if opts.max_tasks is None:
+        processes, tasks_, artifacts, gpus = ctx.db.execute(PLAN_SQL, params).fetchone()
+        parents = ctx.db.execute(PLAN_PARENTS_SQL, params).fetchone()[0]
+    else:
+        processes, tasks_, artifacts, gpus, parents = ctx.db.execute(
+            LIMITED_PLAN_SQL, {**params, "max_tasks": opts.max_tasks}).fetchone()
+        left = ctx.db.execute(COUNT_DUE_SQL, params).fetchone()[0] - tasks_
+        if left:
+            ctx.report.count("tasks_left_due", left)  # what the next run would find
+    ctx.report.expect("tasks", total=tasks_)
+    return {"processes": processes, "tasks": tasks_, "artifacts": artifacts, "gpus_released": gpus,
+            "task_parents": parents}
+
+
+def _pick(ctx, params: dict, after, limit: int) -> list:
+    """The dry run's batch: the ids the real run would pick, nothing locked or deleted."""
+    sql = PICK_SQL.format(after="t.id > %(after)s AND" if after else "")
+    return [row[0] for row in ctx.db.execute(sql, {**params, "after": after, "limit": limit}).fetchall()]
 
 
 def _counted(purger: Purger, targets, *, dense: bool = False) -> int:
@@ -398,22 +432,3 @@ def log_summary(ctx, reasons: list[str]) -> None:
 def _count(ctx, counts: dict) -> None:
     for name, value in counts.items():
         ctx.report.count(name, value)
-
-
-class _NoBar:
-    """No progress bar (a library call): update() does nothing."""
-
-    def __init__(self, **_):
-        pass
-
-    def __enter__(self) -> "_NoBar":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        return None
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-_no_bar = _NoBar

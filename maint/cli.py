@@ -99,7 +99,7 @@ def common_options(f):
 
 def _context(job: str, dsn, endpoint_url, profile, s3_max_attempts, retry_deadline, dry_run,
              max_rps=None) -> Context:
-    ctx = Context(job=job, dsn=dsn, dry_run=dry_run,
+    ctx = Context(job=job, dsn=dsn, dry_run=dry_run, progress=progress,
                   s3=S3Settings(endpoint_url=endpoint_url, profile=profile, max_attempts=s3_max_attempts,
                                 retry_deadline=retry_deadline, max_rps=max_rps))
     remember_report(ctx.report)
@@ -168,7 +168,7 @@ def cleanup(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_b
         outcome = run_cleanup(ctx, CleanupOptions(artifacts, logs, moment, batch_size=batch_size,
                                                   max_runtime=seconds, stop=stop, retry_set_aside=retry_set_aside,
                                                   max_tasks=max_tasks, list_prefixes=list_prefixes,
-                                                  prices=price_list, progress=progress))
+                                                  prices=price_list))
         if not with_orphans or not outcome.done:
             return outcome
         return run_orphans(ctx, OrphanOptions(artifacts, logs, moment, grace_period,

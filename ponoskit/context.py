@@ -22,7 +22,7 @@ from .errors import AlreadyRunning, FlushError, ServiceUnreachable
 from .hooks import Transaction
 from .pgsession import require_session
 from .report import Report
-from .runtime import pg_is_transient
+from .runtime import pg_connection_lost, pg_is_transient
 from .s3 import capabilities
 from .s3.capabilities import BucketCapabilities
 from .s3.limiter import AdaptiveLimiter
@@ -32,7 +32,8 @@ from .s3.retry import Retrier, observe_throttles
 class Context:
     def __init__(self, *, job: str, dsn: Optional[str] = None, use_db: bool = True,
                  s3: Optional[connections.S3Settings] = None, dry_run: bool = False,
-                 logger: Optional[logging.Logger] = None, report: Optional[Report] = None):
+                 logger: Optional[logging.Logger] = None, report: Optional[Report] = None,
+                 progress: Optional[Callable[..., Any]] = None):
         self.job = job
         self.dsn = connections.resolve_dsn(dsn) if use_db else None
         self.use_db = use_db
@@ -40,9 +41,15 @@ class Context:
         self.dry_run = dry_run
         self.log = logger or logging.getLogger(f"ponos.{job}")
         self.report = report or Report(job, dry_run=dry_run)
+        self.progress = progress  # (total, desc, unit) -> a tqdm-like bar; the CLI gives its own
         self._buffers: dict[str, BatchBuffer] = {}
         self._buckets: dict[str, BucketCapabilities] = {}
         self._closed = False
+        self._db_opened = False  # a session was had: losing it later is worth waiting for
+
+    def bar(self, desc: str, *, total: Optional[int] = None, unit: str = "it"):
+        """A progress bar (a context manager with ``update(n)``): the CLI's, else one that shows nothing."""
+        return self.progress(total=total, desc=desc, unit=unit) if self.progress else NoBar()
 
     # --- PostgreSQL ------------------------------------------------------------------
     @cached_property
@@ -50,7 +57,9 @@ class Context:
         """The job's autocommit connection; use :meth:`transaction` for atomic work."""
         if not self.use_db:
             raise RuntimeError("this run has no database (--no-db)")
-        return connections.connect_pg(self.dsn, application_name=f"ponos-{self.job}")
+        conn = connections.connect_pg(self.dsn, application_name=f"ponos-{self.job}")
+        self._db_opened = True
+        return conn
 
     def with_db(self, what: str, fn: Callable[[psycopg.Connection], Any]) -> Any:
         """``fn(db)``; where the connection is lost (a failover, pg_terminate_backend, a
@@ -78,6 +87,44 @@ class Context:
                     token = self.report.waits.begin("PostgreSQL", what, "", _one_line(failure), retrier.deadline)
                 else:
                     self.report.waits.update(token, _one_line(failure))
+                time.sleep(retrier.pause(attempt))
+                attempt += 1
+        finally:
+            self.report.waits.end(token)
+
+    def resuming(self, what: str, run: Callable[[], Any]) -> Any:
+        """``run()``, and again from its last safe point each time the database session is lost
+        mid-run (a failover, a restart, pg_terminate_backend), under --retry-deadline.
+
+        For jobs whose progress lives in the database and that resume where a killed run would
+        (the fold's step list, the cleanup's outbox), holding session state (an advisory lock)
+        that :meth:`with_db` could not carry to a new connection: ``run`` takes it again. A
+        database out of reach from the start is not waited for (exit 75 at once, as before).
+        """
+        retrier, first_loss, attempt, token = self.retrier, None, 0, None
+        try:
+            while True:
+                opened_before, started = self._db_opened, time.monotonic()
+                try:
+                    return run()
+                except Exception as exc:  # noqa: BLE001 - only a lost session is handled here
+                    lost = pg_connection_lost(exc)
+                    if lost is None or not (opened_before or self._db_opened):
+                        raise
+                now = time.monotonic()
+                if first_loss is None or now - started >= retrier.deadline:
+                    first_loss = now  # a new outage, not the same one going on
+                self._drop_db()
+                if retrier.stopping.is_set() or now - first_loss >= retrier.deadline:
+                    raise ServiceUnreachable(f"PostgreSQL ({what}) kept failing for {now - first_loss:.0f}s "
+                                             f"({_one_line(lost)}); run again to resume") from None
+                self.report.count("database_sessions_lost")
+                self.log.warning("%s: the database session was lost (%s); resuming from the last safe point",
+                                 what, _one_line(lost))
+                if token is None:
+                    token = self.report.waits.begin("PostgreSQL", what, "", _one_line(lost), retrier.deadline)
+                else:
+                    self.report.waits.update(token, _one_line(lost))
                 time.sleep(retrier.pause(attempt))
                 attempt += 1
         finally:
@@ -203,3 +250,22 @@ class Context:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 200 else text[:197] + "..."
+
+
+class NoBar:
+    """No progress bar (a library call, a test): ``update`` does nothing."""
+
+    def __enter__(self) -> "NoBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **_) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

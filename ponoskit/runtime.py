@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Optional
 
 import psycopg
 
-from .errors import AlreadyRunning, ConfigError, OutOfTime, PonosError, TransientError
+from .errors import AlreadyRunning, ConfigError, OutOfTime, PonosError, ServiceUnreachable, TransientError
 from .s3.errors import Kind as S3Kind
 from .s3.errors import kind_of as s3_kind_of
 
@@ -87,6 +88,31 @@ def pg_is_transient(exc: BaseException) -> bool:
     if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
         return True  # no answer at all: connection refused, reset, closed
     return bool(exc.sqlstate) and exc.sqlstate.startswith(_PG_TRANSIENT_CLASSES)
+
+
+# The session is gone (what a failover, a restart or pg_terminate_backend do) or cannot be had.
+_PG_LOST_CLASSES = ("08", "57P01", "57P02", "57P03")
+
+
+def pg_connection_lost(exc: BaseException) -> Optional[BaseException]:
+    """The PostgreSQL error behind ``exc`` if it says the session was lost, else None: looked
+    for in what ``exc`` was raised from or during, and in the errors a post-commit hook or a
+    buffer collected (a lost session surfaces wrapped as often as bare)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        error = todo.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, psycopg.Error) and (
+                (isinstance(error, psycopg.OperationalError) and error.sqlstate is None)
+                or (error.sqlstate or "").startswith(_PG_LOST_CLASSES)):
+            return error
+        if isinstance(error, ServiceUnreachable) and "PostgreSQL" in str(error):
+            return error
+        todo += [error.__cause__, error.__context__, *getattr(error, "errors", ())]
+    return None
 
 
 def result_of(exc: BaseException) -> JobResult:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -79,7 +79,11 @@ def delete_objects(client, bucket: str, items: Sequence[Union[str, ObjectRef]], 
                    conditional: Union[bool, str] = False) -> list[Optional[ObjectDeleteError]]:
     """``conditional``: "batch" (or True) when DeleteObjects honours an ETag per key, "single"
     when only DeleteObject's If-Match is honoured (then objects with an ETag go one by one)."""
-    refs = [_ref(item) for item in items]
+    given = [_ref(item) for item in items]
+    refs = list(dict.fromkeys(given))  # a key twice in one request: S3 may refuse the whole batch
+    if len(refs) < len(given):
+        answers = dict(zip(refs, delete_objects(client, bucket, refs, retrier=retrier, conditional=conditional)))
+        return [answers[ref] for ref in given]
     results: list[Optional[ObjectDeleteError]] = [None] * len(refs)
     call = _Call(client, retrier)
     one_by_one = conditional == SINGLE
@@ -174,9 +178,20 @@ def delete_keys(client, bucket: str, keys: Sequence[Union[str, ObjectRef]]) -> l
 
 
 def delete_buffer(context, bucket: str, *, name: Optional[str] = None, interval: float = 0.5,
-                  conditional: Union[bool, str] = False):
-    """The context's tracked buffer that deletes objects of ``bucket`` in batches of 1,000."""
-    return context.buffer(name or f"delete:{bucket}",
-                          lambda batch: delete_objects(context.s3, bucket, batch, retrier=context.retrier,
-                                                       conditional=conditional),
-                          max_size=MAX_KEYS_PER_REQUEST, interval=interval)
+                  conditional: Union[bool, str] = False, max_pending: Optional[int] = None,
+                  halted: Callable[[], Optional[BaseException]] = lambda: None):
+    """The context's tracked buffer that deletes objects of ``bucket`` in batches of 1,000.
+
+    ``halted`` returns the error that broke the run, if any: batches still queued then fail
+    with it at once instead of asking S3 again. ``max_pending`` bounds the queue (producers
+    wait once it is full: memory stays flat behind a slow server)."""
+    client, retrier = context.s3, context.retrier  # built in the caller's thread, shared after
+
+    def flush(batch: list) -> list:
+        error = halted()
+        if error is not None:
+            return [error] * len(batch)
+        return delete_objects(client, bucket, batch, retrier=retrier, conditional=conditional)
+
+    return context.buffer(name or f"delete:{bucket}", flush, max_size=MAX_KEYS_PER_REQUEST, interval=interval,
+                          max_pending=max_pending)
