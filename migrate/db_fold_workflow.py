@@ -38,8 +38,7 @@ from ponoskit.errors import AlreadyRunning, ConfigError, PonosError, TransientEr
 
 from migrate.fold import django_migrations, orphans, preflight, runbook
 from migrate.fold.ddl import Ddl, LockBusy, LockPolicy
-from migrate.fold.job import (KEPT_WORKFLOW_TABLE, ORPHANS_DELETE, ORPHANS_REFUSE, PHASES, FoldOptions, Job,
-                              ProgressFactory)
+from migrate.fold.job import KEPT_WORKFLOW_TABLE, ORPHANS_DELETE, ORPHANS_REFUSE, PHASES, FoldOptions, Job
 from migrate.fold.runbook import Plan, Step
 from migrate.fold.throttle import Throttle
 
@@ -66,9 +65,13 @@ class FoldPlan:
         return [step for step in self.steps if step.pending]
 
 
-def fold_workflows(ctx: Context, options: FoldOptions = FoldOptions(),
-                   progress: Optional[ProgressFactory] = None) -> None:
-    """Run the phase to its end (or find it done). Raises a PonosError when it cannot."""
+def fold_workflows(ctx: Context, options: FoldOptions = FoldOptions()) -> None:
+    """Run the phase to its end (or find it done). Raises a PonosError when it cannot. A lost
+    database session resumes the run from the step list, as a re-run would."""
+    ctx.resuming("the workflow fold", lambda: _fold(ctx, options))
+
+
+def _fold(ctx: Context, options: FoldOptions) -> None:
     with _DatabaseErrors("preflight") as errors:
         conn = ctx.db
         _describe(ctx, options)
@@ -76,7 +79,7 @@ def fold_workflows(ctx: Context, options: FoldOptions = FoldOptions(),
             findings = _preflight(ctx, conn, options)
             if findings.orphans and options.orphans == ORPHANS_REFUSE and options.phase != "contract":
                 raise preflight.OrphansFound(findings.orphans)
-            job = _job(ctx, conn, options, findings, progress)
+            job = _job(ctx, conn, options, findings)
             steps = _steps_for(job)
             if options.phase == "contract" and findings.state != schema.FOLDED:
                 _require_expanded(job)
@@ -88,17 +91,20 @@ def fold_workflows(ctx: Context, options: FoldOptions = FoldOptions(),
             orphans.report_deleted(conn, ctx.report)
 
 
-def rollback_fold(ctx: Context, options: FoldOptions = FoldOptions(),
-                  progress: Optional[ProgressFactory] = None) -> None:
+def rollback_fold(ctx: Context, options: FoldOptions = FoldOptions()) -> None:
     """Undo the expand: the legacy shape alone again, every row kept. Refused after the contract."""
+    ctx.resuming("the rollback", lambda: _roll_back(ctx, options))
+
+
+def _roll_back(ctx: Context, options: FoldOptions) -> None:
     with _DatabaseErrors("rollback preflight") as errors:
         conn = ctx.db
         _describe(ctx, options)
         ctx.report.info["rollback"] = True
         with _lock(ctx, conn):
             state = _check_can_roll_back(conn)
-            ctx.report.info["schema_state_before"] = state
-            job = _job(ctx, conn, options, preflight.Findings(state), progress)
+            ctx.report.info.setdefault("schema_state_before", state)
+            job = _job(ctx, conn, options, preflight.Findings(state))
             with job.throttle.signals():
                 ran = _run(ctx, job, runbook.rollback(), errors, undo=True)
             if ran == 0:
@@ -113,7 +119,7 @@ def plan_fold(ctx: Context, options: FoldOptions = FoldOptions(), *, rollback: b
         _describe(ctx, options)
         if rollback:
             state = _check_can_roll_back(conn)
-            job = _job(ctx, conn, options, preflight.Findings(state), None, checks=False)
+            job = _job(ctx, conn, options, preflight.Findings(state), checks=False)
             plan = FoldPlan(state)
             plan.steps = [step.undo_plan(job) for step in runbook.rollback()]
         else:
@@ -121,20 +127,20 @@ def plan_fold(ctx: Context, options: FoldOptions = FoldOptions(), *, rollback: b
             plan = FoldPlan(findings.state, findings.counts)
             if findings.orphans and options.orphans == ORPHANS_REFUSE and options.phase != "contract":
                 plan.refusal = preflight.OrphansFound(findings.orphans)
-            job = _job(ctx, conn, options, findings, None, checks=False)
+            job = _job(ctx, conn, options, findings, checks=False)
             plan.steps = [step.plan(job) for step in _steps_for(job)]
         ctx.report.info["plan"] = [step.to_dict() for step in plan.steps]
         return plan
 
 
-def _job(ctx: Context, conn, options: FoldOptions, findings, progress, *, checks: bool = True) -> Job:
+def _job(ctx: Context, conn, options: FoldOptions, findings, *, checks: bool = True) -> Job:
     throttle = Throttle(conn, max_lag=options.max_replica_lag, pause_file=options.pause_file, log=ctx.log,
                         report=ctx.report)
     if checks:
         throttle.check()
         if options.phase != "expand":
             django_migrations.check(conn, options.django_migration)
-    return Job(ctx, options, Ddl(conn, options.lock, ctx.log, ctx.report), findings, progress, throttle)
+    return Job(ctx, options, Ddl(conn, options.lock, ctx.log, ctx.report), findings, throttle)
 
 
 def _steps_for(job: Job) -> list[Step]:
@@ -222,7 +228,10 @@ def _preflight(ctx: Context, conn: psycopg.Connection, options: FoldOptions) -> 
     with ctx.report.phase("preflight") as record:
         findings = preflight.check(conn, keep_table=KEPT_WORKFLOW_TABLE if options.keep_workflow_table else None)
         record.update(state=findings.state, **findings.counts)
-    ctx.report.info["schema_state_before"] = findings.state
+    ctx.report.info.setdefault("schema_state_before", findings.state)  # the run's, not a resume's
+    for listed in ("orphan_workflows", "orphan_tasks"):  # a resumed run lists them anew
+        ctx.report.items.pop(listed, None)
+        ctx.report.counts.pop(listed, None)
     for workflow_id, tasks in findings.orphans.workflows:
         ctx.report.add("orphan_workflows", {"id": workflow_id, "tasks": tasks})
     for task_id in findings.orphans.task_ids:

@@ -73,7 +73,7 @@ def run_step(name: str, settings: S3Settings, dsn: str, body: Callable[[Context]
              summary: Callable[[Report], str], echo: Callable[[str], None]) -> Step:
     report = Report(name)
     echo(f"==> {name}")
-    with Context(job=name, dsn=dsn, s3=settings, report=report) as context:
+    with Context(job=name, dsn=dsn, s3=settings, report=report, progress=progress) as context:
         try:
             result = body(context)  # the fold returns nothing when it is done
             ok = result is None or result.done
@@ -119,7 +119,7 @@ def _run(dsn: str, settings: S3Settings, processes: int, echo) -> bool:
         return _counts(r, "artifacts_found", "logs_found", "missing_artifacts", "legacy_left", "missing_logs")
 
     steps = [
-        run_step("db-fold-workflow", settings, dsn, lambda c: fold_workflows(c, FoldOptions(), progress=progress),
+        run_step("db-fold-workflow", settings, dsn, lambda c: fold_workflows(c, FoldOptions()),
                  lambda r: f"{len(r.phases)} phases", echo),
         run_step("s3-rename", settings, dsn, lambda c: rename(c, RenameOptions(**buckets)),
                  lambda r: _counts(r, "moved", "already_moved", "conflicts", "failed", "unrecognized"), echo),

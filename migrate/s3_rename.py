@@ -68,7 +68,6 @@ class RenameOptions:
     checkpoint: Optional[str] = None
     shard: Shard = field(default_factory=Shard)
     phase: str = ALL  # all or delete (move), copy (expand the buckets), rollback (restore legacy keys)
-    progress: object = None  # (total, desc, unit) -> a tqdm-like bar; the CLI injects its own
     budget: RuntimeBudget = field(default_factory=lambda: RuntimeBudget(None))  # --max-runtime
     prices: Optional[dict] = None  # --dry-run's bill (ponoskit.s3.bill); None: AWS list prices
 
@@ -112,7 +111,7 @@ def rename(context, options: RenameOptions) -> JobResult:
                 present = None
                 if not caps.conditional_copy or context.dry_run:
                     with report.phase("scan_destinations", bucket=bucket_pass.bucket) as phase:
-                        present = scan_destinations(context, bucket_pass.bucket, options.progress,
+                        present = scan_destinations(context, bucket_pass.bucket,
                                                     bill if not caps.conditional_copy else None)
                         phase["tasks_with_new_keys"] = present.added
                 if catch_up:  # a finished copy phase before: what changed since its check is all
@@ -265,25 +264,22 @@ def _now(context) -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def scan_destinations(context, bucket: str, progress=None, bill: Optional[Bill] = None) -> UUIDBloomFilter:
+def scan_destinations(context, bucket: str, bill: Optional[Bill] = None) -> UUIDBloomFilter:
     """Tasks that may already have objects at new keys (``<task>/...`` or ``<task>.log``).
 
     A full listing, not a delimiter listing: some servers leave out of a delimiter listing a
     folder whose objects all sit deeper, and a check resting on it would overwrite.
     """
     present = UUIDBloomFilter()
-    bar = progress(desc=f"scan s3://{bucket}", unit="key") if progress else None
-    for page in iter_pages(context.s3, bucket, retrier=context.retrier):
-        if bill is not None:
-            bill.add("LIST")
-        for obj in page:
-            task_id = keys.listing_group(obj.key)
-            if keys.is_uuid(task_id):
-                present.add(task_id.lower())
-        if bar is not None:
+    with context.bar(f"scan s3://{bucket}", unit="key") as bar:
+        for page in iter_pages(context.s3, bucket, retrier=context.retrier):
+            if bill is not None:
+                bill.add("LIST")
+            for obj in page:
+                task_id = keys.listing_group(obj.key)
+                if keys.is_uuid(task_id):
+                    present.add(task_id.lower())
             bar.update(len(page))
-    if bar is not None:
-        bar.close()
     return present
 
 
@@ -306,7 +302,7 @@ def move_range(context, bucket_pass: keys.BucketPass, options: RenameOptions, mo
                present: Optional[UUIDBloomFilter], mark: LowWaterMark) -> bool:
     """Stream, classify and move this shard's range of one bucket; True when nothing was left."""
     report = context.report
-    bar = options.progress(desc=f"move s3://{bucket_pass.bucket}", unit="key") if options.progress else None
+    bar = context.bar(f"move s3://{bucket_pass.bucket}", unit="key")
     try:
         listing = iter_pages(context.s3, bucket_pass.bucket, start_after=mark.state["after"],
                              key_range=options.shard.key_range, retrier=context.retrier)
@@ -332,10 +328,9 @@ def move_range(context, bucket_pass: keys.BucketPass, options: RenameOptions, mo
                 mover.options.bill.add("LIST", 2)  # this page, and the final check's listing of it
             mark.add(resume_point(page), futures, decided)
             mark.settle(MAX_IN_FLIGHT, lambda result: record(report, result))
-            if bar is not None:
-                bar.update(len(page))
-                bar.set_postfix(moved=report.counts["moved"],
-                                problems=sum(report.counts[name] for name in PROBLEMS), refresh=False)
+            bar.update(len(page))
+            bar.set_postfix(moved=report.counts["moved"],
+                            problems=sum(report.counts[name] for name in PROBLEMS), refresh=False)
             if options.budget.spent():
                 context.log.info("s3://%s: --max-runtime %s reached; stopping after this page",
                                  bucket_pass.bucket, options.budget)
@@ -346,8 +341,7 @@ def move_range(context, bucket_pass: keys.BucketPass, options: RenameOptions, mo
         mark.abandon()
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
 
 def restore_target(found: keys.Classified, places: dict) -> Optional[str]:

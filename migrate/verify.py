@@ -29,7 +29,7 @@ LISTED_LIMIT = 1000
 PROBLEMS = ("missing_artifacts", "size_mismatches", "legacy_left", "fold_under_way")
 
 
-def verify(context, *, artifacts_bucket: Optional[str], logs_bucket: Optional[str], progress=None) -> JobResult:
+def verify(context, *, artifacts_bucket: Optional[str], logs_bucket: Optional[str]) -> JobResult:
     """True when database and buckets agree (exit 0)."""
     passes = keys.bucket_passes(artifacts_bucket, logs_bucket)
     report = context.report
@@ -47,22 +47,17 @@ def verify(context, *, artifacts_bucket: Optional[str], logs_bucket: Optional[st
     for bucket_pass in passes:
         with report.phase("check", bucket=bucket_pass.bucket):
             check_bucket_against_rows(context, bucket_pass.bucket, artifacts=bucket_pass.artifacts,
-                                      logs=bucket_pass.logs, progress=progress)
+                                      logs=bucket_pass.logs)
     return JobResult.finished([f"{report.counts[name]} {name}" for name in PROBLEMS if report.counts[name]])
 
 
-def _pages(context, bucket: str, progress=None) -> Iterator[list[ObjectInfo]]:
-    bar = progress(desc=f"verify s3://{bucket}", unit="key") if progress else None
-    try:
+def _pages(context, bucket: str) -> Iterator[list[ObjectInfo]]:
+    with context.bar(f"verify s3://{bucket}", unit="key") as bar:
         for page in iter_pages(context.s3, bucket, retrier=context.retrier):
             page = [obj for obj in page if not keys.is_canary(obj.key)]  # a running rename's probe
             context.report.count("objects", len(page))
-            if bar is not None:
-                bar.update(len(page))
+            bar.update(len(page))
             yield page
-    finally:
-        if bar is not None:
-            bar.close()
 
 
 TASKS_PER_READ = 2000
@@ -153,12 +148,12 @@ class _Merge:
         self.group("\U0010ffff", {})
 
 
-def check_bucket_against_rows(context, bucket: str, *, artifacts: bool, logs: bool, progress=None) -> None:
+def check_bucket_against_rows(context, bucket: str, *, artifacts: bool, logs: bool) -> None:
     """A merge join of the bucket listing with the rows that expect objects in it."""
     merge = _Merge(context.report, _expected_objects(context.with_db, artifacts=artifacts, logs=logs),
                    artifacts=artifacts, logs=logs)
     group, listed = None, {}
-    for page in _pages(context, bucket, progress):
+    for page in _pages(context, bucket):
         tasks = context.with_db("the page's task lookup", lambda db: known_tasks_of_keys(db, (obj.key for obj in page)))
         for obj in page:
             key_group = keys.listing_group(obj.key)

@@ -26,7 +26,6 @@ from typing import Callable, Iterator, Optional
 import click
 from tqdm import tqdm
 
-from . import ledger
 from .connections import redact
 from .errors import ConfigError
 from .heartbeat import DEFAULT_INTERVAL, Heartbeat
@@ -177,11 +176,6 @@ def finish(click_context: click.Context, result: JobResult, *, echo: bool = True
     """The one place a run's end is told: a line on stderr, the report, the metrics."""
     code = result.exit_code
     report = click_context.meta.get("ponos.report")
-    if report is not None:  # the ledger's row first: the report says if it was written; the run's line stays last
-        warning = ledger.record(click_context.params, report, result.status.value, code,
-                                [redact(reason) for reason in result.reasons])
-        if warning:
-            click.echo(f"Warning: {warning}", err=True)
     if result.status in (Status.INTERRUPTED, Status.TERMINATED):
         click.echo("Interrupted: run again to resume.", err=True)
     elif result.status not in (Status.DONE, Status.LEFT) and echo:
@@ -253,10 +247,15 @@ def dsn_option(f):
                         help="PostgreSQL DSN; default DATABASE_URL, else libpq's PG* variables.")(f)
 
 
+def retry_deadline_option(f):
+    return click.option("--retry-deadline", type=Duration(), default="15m", show_default=True, metavar="DURATION",
+                        help="How long S3 or PostgreSQL may keep failing (throttling, an outage, a lost "
+                             "connection) before the run stops (exit 75, run again to resume); throttling "
+                             "meanwhile slows the run down.")(f)
+
+
 def s3_options(f):
-    f = click.option("--retry-deadline", type=Duration(), default="15m", show_default=True, metavar="DURATION",
-                     help="How long S3 may keep throttling or failing before the run stops (exit 75, run again "
-                          "to resume); throttling meanwhile slows the run down.")(f)
+    f = retry_deadline_option(f)
     f = click.option("--endpoint-url", default=None, metavar="URL",
                      help="S3 endpoint (MinIO, SeaweedFS); default: the AWS configuration "
                           "(AWS_ENDPOINT_URL, profiles). Path-style addressing is used with an endpoint.")(f)

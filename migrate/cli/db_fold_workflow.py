@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from ponoskit.cli import (Duration, dsn_option, init_logging, job_report, parse_duration, progress, run_job,
-                          run_options)
-from ponoskit.connections import describe_dsn
+from ponoskit.cli import (Duration, dsn_option, init_logging, job_report, parse_duration, progress,
+                          retry_deadline_option, run_job, run_options)
+from ponoskit.connections import S3Settings, describe_dsn
 from ponoskit.context import Context
 from ponoskit.errors import ConfigError
 
@@ -76,11 +76,12 @@ def _print_plan(plan: FoldPlan, database: str, batch_size: int, out) -> None:
                    "(pg_stat_replication; needs pg_monitor).")
 @click.option("--pause-file", type=click.Path(dir_okay=False), default=None,
               help="While this file exists the backfill waits between batches (so does kill -USR1; -USR2 resumes).")
+@retry_deadline_option
 @run_options
 @run_job
 def command(dsn, batch_size, lock_timeout, lock_retries, keep_workflow_table, orphans, phase, rollback,
-            record_django_migration, max_replica_lag, pause_file, dry_run, report_path, verbosity, quiet,
-            log_format) -> None:
+            record_django_migration, max_replica_lag, pause_file, retry_deadline, dry_run, report_path, verbosity,
+            quiet, log_format) -> None:
     """Fold workflows into processes, online: the application keeps running.
 
     \b
@@ -102,7 +103,8 @@ def command(dsn, batch_size, lock_timeout, lock_retries, keep_workflow_table, or
                           lock=LockPolicy(timeout=lock_timeout, attempts=lock_retries), phase=phase,
                           django_migration=django_migrations.parse(record_django_migration),
                           max_replica_lag=max_replica_lag, pause_file=pause_file)
-    with Context(job=JOB, dsn=dsn, dry_run=dry_run, report=report) as ctx:
+    with Context(job=JOB, dsn=dsn, dry_run=dry_run, report=report, progress=progress,
+                 s3=S3Settings(retry_deadline=retry_deadline)) as ctx:
         database = describe_dsn(ctx.dsn)
         report.info["database"] = database
         if dry_run:
@@ -112,10 +114,10 @@ def command(dsn, batch_size, lock_timeout, lock_retries, keep_workflow_table, or
             if plan.refusal is not None:
                 raise plan.refusal
         elif rollback:
-            rollback_fold(ctx, options, progress=progress)
+            rollback_fold(ctx, options)
             ctx.log.info("%s: rolled back to the legacy shape", database)
         else:
-            fold_workflows(ctx, options, progress=progress)
+            fold_workflows(ctx, options)
             if not report.info.get("already_folded"):
                 ctx.log.info("%s: %s", database, {"all": "folded", "expand": "expanded",
                                                    "contract": "contracted"}[phase])

@@ -79,13 +79,13 @@ def command(artifacts_bucket, logs_bucket, endpoint_url, profile, retry_deadline
                             logs_bucket=logs_bucket, workers=workers,
                             multipart_threshold=multipart_threshold, part_size=part_size,
                             read_limit=compare_read_limit, inspect=inspect_sources,
-                            checkpoint=checkpoint, shard=Shard.parse(shard), progress=progress,
+                            checkpoint=checkpoint, shard=Shard.parse(shard),
                             budget=RuntimeBudget(max_runtime), prices=parse_prices(prices))
     report = job_report("s3-rename", dry_run=dry_run)
     settings = S3Settings(endpoint_url=endpoint_url, profile=profile, max_pool_connections=max(64, 2 * workers),
                           concurrency=workers, max_rps=max_rps, retry_deadline=retry_deadline)
     with Context(job="s3-rename", dsn=dsn, use_db=not no_db, s3=settings, dry_run=dry_run,
-                 report=report) as context:
+                 report=report, progress=progress) as context:
         if context.use_db:
             report.info["database"] = describe_dsn(context.dsn)
         report.info["endpoint"] = context.endpoint

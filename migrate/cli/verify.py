@@ -31,9 +31,9 @@ def command(artifacts_bucket, logs_bucket, endpoint_url, profile, retry_deadline
     init_logging(verbosity, quiet, log_format)
     report = job_report("verify")
     settings = S3Settings(endpoint_url=endpoint_url, profile=profile, retry_deadline=retry_deadline)
-    with Context(job="verify", dsn=dsn, s3=settings, report=report) as context:
+    with Context(job="verify", dsn=dsn, s3=settings, report=report, progress=progress) as context:
         report.info.update(database=describe_dsn(context.dsn), endpoint=context.endpoint)
-        result = verify(context, artifacts_bucket=artifacts_bucket, logs_bucket=logs_bucket, progress=progress)
+        result = verify(context, artifacts_bucket=artifacts_bucket, logs_bucket=logs_bucket)
         counts = report.counts
         context.log.info("verify: %s", ", ".join(f"{name} {counts[name]}" for name in (
             "artifacts_found", "logs_found", *PROBLEMS, "missing_logs", "orphans", "orphan_legacy", "unindexed_objects",

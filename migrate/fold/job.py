@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Optional
 
 from ponoskit.context import Context
 
@@ -37,28 +37,12 @@ class FoldOptions:
             raise ValueError(f"phase must be one of {PHASES}")
 
 
-class _NoBar:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-
-# (total, description, unit) -> a context manager with update(n): ponoskit.cli.progress fits.
-ProgressFactory = Callable[..., Any]
-
-
 @dataclass
 class Job:
     ctx: Context
     options: FoldOptions
     ddl: Ddl
     findings: Findings
-    progress: Optional[ProgressFactory] = None
     throttle: Optional[object] = None  # migrate.fold.throttle.Throttle: waits between backfill batches
 
     @property
@@ -71,4 +55,4 @@ class Job:
             self.throttle.wait()
 
     def bar(self, total: int, desc: str, unit: str):
-        return self.progress(total=total, desc=desc, unit=unit) if self.progress else _NoBar()
+        return self.ctx.bar(desc, total=total, unit=unit)
