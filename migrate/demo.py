@@ -7,6 +7,7 @@ Runbook:
   4. Move every legacy key to its new key (s3-rename), then verify database and buckets agree.
   5. Clean up the expired processes (ponos-maint cleanup), then verify again.
   6. Print the before/after table, stop both servers and delete the folder.
+Before each step and at the end, the one-line ``ponos-migrate status``.
 Every run starts from scratch, so the demo can be run again and again.
 """
 
@@ -21,7 +22,7 @@ from typing import Callable, Optional
 
 
 from maint.cleanup import CleanupOptions, run_cleanup
-from ponoskit import keys, schema
+from ponoskit import keys, ledger, schema
 from ponos_dev import local, seed
 from ponoskit.cli import progress
 from ponoskit.connections import S3Settings
@@ -32,11 +33,14 @@ from ponoskit.runtime import JobResult
 from ponoskit.s3.listing import iter_pages
 from ponoskit.tasks import known_tasks_of_keys
 
+from . import next_step, status_text
 from .db_fold_workflow import FoldOptions, fold_workflows
 from .s3_rename import RenameOptions, rename
+from .status import StatusOptions, read_status
 from .verify import verify
 
 ARTIFACTS, LOGS = "ponos-artifacts", "ponos-logs"
+STATUS_SAMPLE = 50  # workflows looked up per status line: 100 LIST requests
 TABLES = ("ponos_workflow", "process_process", "ponos_task", "ponos_artifact", "ponos_task_parents",
           "process_workerrun")
 
@@ -69,9 +73,26 @@ def snapshot(context: Context) -> dict[str, object]:
     return counts
 
 
+def status_line(dsn: str, settings: S3Settings) -> str:
+    """``ponos-migrate status`` in one line: the phase, the legacy objects left, the next command."""
+    with Context(job="status", dsn=dsn, s3=settings) as context:
+        found = read_status(context, StatusOptions(ARTIFACTS, LOGS, sample=STATUS_SAMPLE))
+    found.next = next_step.next_step(found, next_step.Where(ARTIFACTS, LOGS))
+    return status_text.summary(found)
+
+
+def record_run(name: str, dsn: str, report: Report, ok: bool) -> None:
+    """The demo calls the jobs' functions, not their commands: it records each run in the run
+    ledger as the command would (ponoskit.cli.finish), so the status lines see it."""
+    job = name.split(" ", 1)[0]  # "verify (after cleanup)" is a verify
+    params = {"artifacts_bucket": ARTIFACTS, "logs_bucket": LOGS}
+    ledger.append(dsn, ledger.run_of(job, params, report.to_dict(), "done" if ok else "left", 0 if ok else 1))
+
+
 def run_step(name: str, settings: S3Settings, dsn: str, body: Callable[[Context], Optional[JobResult]],
              summary: Callable[[Report], str], echo: Callable[[str], None]) -> Step:
     report = Report(name)
+    echo(f"    {status_line(dsn, settings)}")
     echo(f"==> {name}")
     with Context(job=name, dsn=dsn, s3=settings, report=report, progress=progress) as context:
         try:
@@ -79,6 +100,7 @@ def run_step(name: str, settings: S3Settings, dsn: str, body: Callable[[Context]
             ok = result is None or result.done
         except PonosError as err:
             ok, report.errors[:] = False, [str(err)]
+    record_run(name, dsn, report, ok)
     text = summary(report) + (f"; error: {report.errors[0]}" if report.errors else "")
     seconds = report.to_dict()["seconds"]
     echo(f"    {'ok' if ok else 'FAILED'} in {seconds:.1f}s: {text}")
@@ -129,6 +151,7 @@ def _run(dsn: str, settings: S3Settings, processes: int, echo) -> bool:
             lambda r: _counts(r, *sorted(r.counts)), echo),
         run_step("verify (after cleanup)", settings, dsn, lambda c: verify(c, **buckets), verified, echo),
     ]
+    echo(f"    {status_line(dsn, settings)}")
     with Context(job="demo-after", dsn=dsn, s3=settings) as context:
         after = snapshot(context)
 

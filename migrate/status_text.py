@@ -42,7 +42,7 @@ def summary(status: "st.MigrationStatus") -> str:
 def legacy_short(facts: "st.BucketFacts") -> str:
     legacy = facts.legacy
     if legacy is None or legacy.method == "none":
-        return "legacy left unknown"
+        return "last rename pass done" if facts.contracted else "legacy left unknown"
     if legacy.method == "exact":
         return f"{legacy.objects_left} legacy objects"
     span = f"~{legacy.workflows_left}" if legacy.low != legacy.high else f"{legacy.workflows_left}"
