@@ -39,6 +39,7 @@ def main() -> None:
       1. db-fold-workflow   fold workflow rows into processes, online
       2. s3-rename          move artifacts and logs to their new keys
       3. verify             check database and buckets agree
+    Any time: status (where things stand, the next command; read only).
     """
 
 
