@@ -26,17 +26,25 @@ OPERATION_TYPES = {
     "CopyObject": "COPY", "UploadPartCopy": "COPY",
     "HeadObject": "HEAD", "HeadBucket": "HEAD",
 }
-_counters: "weakref.WeakKeyDictionary[object, RequestCounter]" = weakref.WeakKeyDictionary()
-_counters_lock = threading.Lock()
+_recorded_lock = threading.Lock()
 
 
 class RequestCounter:
-    """Counts the requests one boto3 client sends, by type (thread-safe)."""
+    """Counts the requests one boto3 client sends, by type (thread-safe), while it is entered:
+    the botocore hook is registered on enter and removed on exit, so nothing outlives the job."""
 
     def __init__(self, client):
         self.bill = Bill()
+        self._client = client
         self._lock = threading.Lock()
-        client.meta.events.register("before-send.s3", self._sent, unique_id="ponos-maint-request-counter")
+        self._hook_id = f"ponos-request-counter-{id(self)}"
+
+    def __enter__(self) -> "RequestCounter":
+        self._client.meta.events.register("before-send.s3", self._sent, unique_id=self._hook_id)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._client.meta.events.unregister("before-send.s3", unique_id=self._hook_id)
 
     def _sent(self, event_name: str = "", **_) -> None:
         kind = OPERATION_TYPES.get(event_name.rsplit(".", 1)[-1], "GET")
@@ -44,27 +52,12 @@ class RequestCounter:
             self.bill.add(kind)
         return None  # a before-send handler that returns something replaces the response
 
-    def snapshot(self) -> Bill:
+    def sent(self) -> Bill:
+        """The requests sent since it was entered (a copy)."""
         with self._lock:
             copy = Bill()
             copy.requests.update(self.bill.requests)
             return copy
-
-    def since(self, earlier: Bill) -> Bill:
-        """The requests sent after ``earlier`` (a snapshot) was taken."""
-        now = self.snapshot()
-        now.requests.subtract(earlier.requests)
-        now.requests = +now.requests
-        return now
-
-
-def counter(client) -> RequestCounter:
-    """The request counter of this client (one per client, created on first use)."""
-    with _counters_lock:
-        found = _counters.get(client)
-        if found is None:
-            found = _counters[client] = RequestCounter(client)
-        return found
 
 
 def delete_requests(keys_by_bucket: Mapping[str, int], *, shards: int = 1, per_request: int = 1000) -> int:
@@ -96,7 +89,7 @@ _recorded: "weakref.WeakKeyDictionary[object, dict[str, Bill]]" = weakref.WeakKe
 def record(report, name: str, bill: Bill, prices: Optional[dict] = None) -> Bill:
     """Put ``bill`` in ``report.info[name]``, added to what an earlier job of the same run put
     there (``cleanup --orphans`` runs two jobs on one report); returns the total."""
-    with _counters_lock:
+    with _recorded_lock:
         kept = _recorded.setdefault(report, {})
         total = kept[name] = merged(kept.get(name), bill)
     report.info[name] = total.to_dict(prices) if name == "bill" else dict(total.to_dict()["requests"])

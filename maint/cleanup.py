@@ -127,16 +127,15 @@ def run_cleanup(ctx, opts: CleanupOptions) -> JobResult:
                            artifacts_bucket=opts.artifacts_bucket, logs_bucket=opts.logs_bucket,
                            max_tasks=opts.max_tasks, list_prefixes=opts.list_prefixes)
     budget = RuntimeBudget(opts.max_runtime, clock=opts.clock)
-    requests = billing.counter(ctx.s3)
-    sent_before = requests.snapshot()
-    try:
-        return ctx.resuming("the cleanup", lambda: _locked_run(ctx, opts, budget, requests, sent_before))
-    finally:
-        if not ctx.dry_run:
-            billing.record(ctx.report, "s3_requests", requests.since(sent_before))
+    with billing.RequestCounter(ctx.s3) as requests:
+        try:
+            return ctx.resuming("the cleanup", lambda: _locked_run(ctx, opts, budget, requests))
+        finally:
+            if not ctx.dry_run:
+                billing.record(ctx.report, "s3_requests", requests.sent())
 
 
-def _locked_run(ctx, opts: CleanupOptions, budget: RuntimeBudget, requests, sent_before) -> JobResult:
+def _locked_run(ctx, opts: CleanupOptions, budget: RuntimeBudget, requests) -> JobResult:
     with ctx.advisory_lock(LOCK_KEY, "ponos-maint cleanup"):
         try:
             preflight.require_folded(ctx.db)
@@ -146,7 +145,7 @@ def _locked_run(ctx, opts: CleanupOptions, budget: RuntimeBudget, requests, sent
             params = {"before": opts.before, "unfinished": UNFINISHED_STATES}
             report_unfinished_processes(ctx, params)
             if ctx.dry_run:
-                return plan(ctx, opts, params, requests, sent_before)
+                return plan(ctx, opts, params, requests)
             return clean(ctx, opts, params, budget)
         except psycopg.Error as exc:
             raise preflight.database_error(exc) from exc
@@ -350,8 +349,7 @@ def delete_batch(ctx, purger: Purger, opts: CleanupOptions, params: dict, after,
     return []
 
 
-def plan(ctx, opts: CleanupOptions, params: dict, requests: billing.RequestCounter,
-         sent_before) -> JobResult:
+def plan(ctx, opts: CleanupOptions, params: dict, requests: billing.RequestCounter) -> JobResult:
     """The dry run: count what a real run would delete, in the database and in S3, and the
     S3 requests it would make (the same listings are made; deletes are estimated)."""
     with ctx.report.phase("plan"):
@@ -374,7 +372,7 @@ def plan(ctx, opts: CleanupOptions, params: dict, requests: billing.RequestCount
                 deletes += _counted(purger, opts.targets(ctx.db, ids), dense=dense)
     finally:
         purger.close()
-    bill = billing.merged(requests.since(sent_before),
+    bill = billing.merged(requests.sent(),
                           billing.canary_requests(len({opts.artifacts_bucket, opts.logs_bucket})))
     bill.add("DELETE", deletes)
     total = billing.record(ctx.report, "bill", bill, opts.prices)

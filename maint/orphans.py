@@ -47,14 +47,17 @@ class OrphanOptions:
 
 
 def run_orphans(ctx, opts: OrphanOptions) -> JobResult:
+    with billing.RequestCounter(ctx.s3) as requests:
+        return _sweep(ctx, opts, requests)
+
+
+def _sweep(ctx, opts: OrphanOptions, requests: billing.RequestCounter) -> JobResult:
     budget = RuntimeBudget(opts.max_runtime)
     cutoff = opts.before - opts.grace
     ctx.report.info.update(orphans_modified_before=cutoff.isoformat(),
                            artifacts_bucket=opts.artifacts_bucket, logs_bucket=opts.logs_bucket)
     ctx.report.expect("orphan_objects_scanned")
     passes = keys.bucket_passes(opts.artifacts_bucket, opts.logs_bucket)
-    requests = billing.counter(ctx.s3)
-    sent_before = requests.snapshot()
     found_before = ctx.report.counts["orphan_objects"]
     reasons: list[str] = []
     transient, stopped = False, ""
@@ -86,13 +89,13 @@ def run_orphans(ctx, opts: OrphanOptions) -> JobResult:
                 reasons.append(f"{len(err.errors)} orphan object(s) could not be deleted")
     c = ctx.report.counts
     if ctx.dry_run:
-        bill = billing.merged(requests.since(sent_before), billing.canary_requests(len(passes)))
+        bill = billing.merged(requests.sent(), billing.canary_requests(len(passes)))
         # The delete buffers send 1,000 keys a request (more often when the sweep is slow).
         bill.add("DELETE", billing.delete_requests({"all": c["orphan_objects"] - found_before}))
         total = billing.record(ctx.report, "bill", bill, opts.prices)
         ctx.log.info("a real run: %s", total.summary(opts.prices))
     else:
-        billing.record(ctx.report, "s3_requests", requests.since(sent_before))
+        billing.record(ctx.report, "s3_requests", requests.sent())
     ctx.log.info("%s %d orphan object(s) (%d bytes; %d of them legacy-shaped keys of missing tasks); "
                  "%d newer than the grace period kept; %d object(s) under ids that are not tasks left alone "
                  "(unrecognized, or a legacy key of an existing task)",
