@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Optional
 import click
 from tqdm import tqdm
 
+from . import ledger
 from .connections import redact
 from .errors import ConfigError
 from .heartbeat import DEFAULT_INTERVAL, Heartbeat
@@ -176,6 +177,11 @@ def finish(click_context: click.Context, result: JobResult, *, echo: bool = True
     """The one place a run's end is told: a line on stderr, the report, the metrics."""
     code = result.exit_code
     report = click_context.meta.get("ponos.report")
+    if report is not None:  # the ledger's row first: the report says if it was written; the run's line stays last
+        warning = ledger.record(click_context.params, report, result.status.value, code,
+                                [redact(reason) for reason in result.reasons])
+        if warning:
+            click.echo(f"Warning: {warning}", err=True)
     if result.status in (Status.INTERRUPTED, Status.TERMINATED):
         click.echo("Interrupted: run again to resume.", err=True)
     elif result.status not in (Status.DONE, Status.LEFT) and echo:
