@@ -79,7 +79,7 @@ def forward(status: "st.MigrationStatus", where: Where) -> NextStep:
         due = sum(facts.changed_since_check or 0 for facts in status.buckets)
         return NextStep(rename(where, "--phase", "copy", "--checkpoint", copy_checkpoint(status)),
                         "deploy the new release; once the legacy pods are gone, the last catch-up"
-                        + (f" ({due} legacy task(s) changed since the last check)" if due else ""),
+                        + (f" ({due} legacy task(s) unfinished or changed since the last check)" if due else ""),
                         legacy_writers(database) + pass_problems(status))
     if phase == st.CAUGHT_UP:
         return NextStep(rename(where, "--phase", "delete"),

@@ -95,7 +95,7 @@ class BucketFacts:
     roles: list[str]
     passes: dict[str, Pass] = field(default_factory=dict)
     latest: Optional[Pass] = None  # the last pass of any phase
-    changed_since_check: Optional[int] = None  # legacy tasks written since the last copy's check
+    changed_since_check: Optional[int] = None  # legacy tasks unfinished or written since the last copy's check
     legacy: Optional[Estimate] = None
 
     def since_rollback(self) -> list[Pass]:
@@ -342,9 +342,11 @@ def pass_of(run: ledger.Run, bucket: str) -> Pass:
 
 
 def changed_since(conn, checked_at: str) -> int:
-    """Legacy tasks created or changed since the copy's check: what a catch-up would look up."""
+    """Legacy tasks unfinished, or created or changed since the copy's check: what a catch-up
+    would look up (migrate.rename_check), the new release's tasks aside."""
     return conn.execute(f"SELECT count(*) FROM ponos_task WHERE {legacy_task_filter(schema.PARTIAL)} "
-                        "AND (created >= %(since)s OR updated >= %(since)s)", {"since": checked_at}).fetchone()[0]
+                        "AND (state = ANY(%(unfinished)s) OR created >= %(since)s OR updated >= %(since)s)",
+                        {"since": checked_at, "unfinished": list(UNFINISHED_STATES)}).fetchone()[0]
 
 
 def overall_phase(database: DatabaseFacts, buckets: list[BucketFacts]) -> str:

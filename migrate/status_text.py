@@ -89,7 +89,7 @@ def bucket_lines(facts: "st.BucketFacts") -> list[str]:
             out.append(f"    checkpoint {found.checkpoint}")
     if facts.changed_since_check is not None:
         out.append(f"  catch-up {'due' if facts.catch_up_due else 'not due'}: {facts.changed_since_check} legacy "
-                   "task(s) changed since the last copy's check")
+                   "task(s) unfinished or changed since the last copy's check")
     if facts.legacy is not None:
         out.append(f"  legacy left: {facts.legacy.describe()}")
     return out + [""]

@@ -140,6 +140,36 @@ def test_the_rollback_runbook_step_by_step(world):
     status(world, "--expect", "expanded", code=1)
 
 
+def test_what_blocks_the_next_step_is_said(world):
+    secret = password_of(world["dsn"])
+    with psycopg.connect(world["dsn"], autocommit=True) as conn:  # a killed CREATE INDEX CONCURRENTLY
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("CREATE UNIQUE INDEX CONCURRENTLY ponos_task_process_id ON ponos_task (state)")
+    found = step(world, "legacy", "--phase expand")
+    assert any("failed index: ponos_task_process_id is INVALID" in b for b in found["next"]["blockers"])
+    run_printed(found["next"]["command"], secret)  # the expand rebuilds it
+
+    found = step(world, "expanded", "--phase copy")
+    assert found["next"]["blockers"] == [] and found["database"]["invalid_indexes"] == []
+    with psycopg.connect(world["dsn"], autocommit=True) as conn:  # a different object in a copy's way
+        task, path = conn.execute("SELECT task_id::text, path FROM ponos_artifact WHERE path ~ '^[A-Za-z0-9_./-]+$' "
+                                  "ORDER BY id LIMIT 1").fetchone()
+    world["ctx"].s3.put_object(Bucket=world["buckets"]["artifacts"], Key=keys.artifact_key(task, path),
+                               Body=b"not the same bytes")
+    argv = shlex.split(found["next"]["command"])[1:]
+    assert CliRunner().invoke(migrate_main, argv).exit_code == 1  # the conflict is left
+
+    found = step(world, "expanded", "--phase copy")  # the same command again, once resolved
+    assert any("1 conflicts" in b and world["buckets"]["artifacts"] in b for b in found["next"]["blockers"])
+    world["ctx"].s3.delete_object(Bucket=world["buckets"]["artifacts"], Key=keys.artifact_key(task, path))
+    run_printed(found["next"]["command"], secret)
+
+    with psycopg.connect(world["dsn"], autocommit=True) as conn:  # a legacy pod still runs a task
+        conn.execute("UPDATE ponos_task SET state = 'running' WHERE id = %s", (task,))
+    found = step(world, "copied", "--phase copy")
+    assert any("legacy pods still writing: 1 task" in b for b in found["next"]["blockers"])
+
+
 def test_the_text_names_the_phase_and_the_next_command(world):
     b = world["buckets"]
     result = CliRunner().invoke(migrate_main, ["status", "--artifacts-bucket", b["artifacts"], "--logs-bucket",

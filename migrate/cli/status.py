@@ -51,7 +51,8 @@ def command(artifacts_bucket, logs_bucket, endpoint_url, profile, retry_deadline
                           rolled-back: a rollback took it all away again)
       expanded            db-fold-workflow --phase expand done: both releases can run
       copied              s3-rename --phase copy passed in every bucket
-      caught-up           a later catch-up (--phase copy again) passed, no legacy write since
+      caught-up           a later catch-up (--phase copy again) passed, no legacy task
+                          unfinished or written since its check
       contracted-buckets  s3-rename --phase delete passed in every bucket
       contracted          db-fold-workflow --phase contract ran
 
