@@ -17,8 +17,9 @@ listing of the range is.
 
 from __future__ import annotations
 
+from collections import deque
 from datetime import datetime, timedelta
-from typing import Callable
+from typing import Callable, Iterator
 
 from ponoskit import keys
 from ponoskit.keyrange import KeyRange
@@ -26,24 +27,27 @@ from ponoskit.s3.listing import iter_pages
 from ponoskit.schema import column_exists
 from ponoskit.tasks import UNFINISHED_STATES
 
-from .s3_mover import MoveOutcome
+from .s3_mover import COPY, RESTORE, MoveOutcome
 
 CLOCK_MARGIN = timedelta(minutes=10)
 ROUNDS = 3
+TASKS_PER_READ = 1000  # changed tasks read at a time (keyset pages: memory stays flat)
+MAX_IN_FLIGHT = 4000  # moves submitted and not yet recorded, as in the main pass
 
 # Outcomes that mean the check found something to do (not a key already in place).
 NEW_WORK = (MoveOutcome.MOVED, MoveOutcome.COPIED, MoveOutcome.RESTORED, MoveOutcome.HALF_DONE_COMPLETED)
 
 CHANGED_TASKS_SQL = """
-SELECT id::text, workflow_id::text, run, state FROM ponos_task
- WHERE workflow_id IS NOT NULL
-   AND (state = ANY(%(unfinished)s) OR created >= %(since)s OR updated >= %(since)s)"""
+SELECT id, id::text AS task, workflow_id::text, run, state FROM ponos_task
+ WHERE workflow_id IS NOT NULL AND id > %(after)s
+   AND (state = ANY(%(unfinished)s) OR created >= %(since)s OR updated >= %(since)s)
+ ORDER BY ponos_task.id LIMIT %(limit)s"""
+NO_TASK = "00000000-0000-0000-0000-000000000000"  # below every task id
 
 
 def final_check(context, bucket_pass: keys.BucketPass, key_range: KeyRange, mover, present, *,
                 since: str, record: Callable, mode=None) -> dict:
-    restoring = mode is not None and mode.name == "restore"
-    copying = mode is not None and mode.name == "copy"
+    restoring, copying = mode is RESTORE, mode is COPY
     if context.dry_run:
         return {"final_check": "skipped (dry run)"}
     if not context.use_db:
@@ -75,12 +79,10 @@ def final_check(context, bucket_pass: keys.BucketPass, key_range: KeyRange, move
 
 def _check_round(context, bucket_pass, key_range, mover, present, moment, record, restoring: bool) -> int:
     """Move (or, restoring, copy back) the keys of tasks changed since ``moment``; return how
-    many were found."""
-    rows = context.with_db("the final check's changed tasks", lambda db: db.execute(
-        CHANGED_TASKS_SQL, {"unfinished": list(UNFINISHED_STATES), "since": moment}).fetchall())
+    many were found. Tasks are read a page at a time and moves stay bounded in flight."""
     reported = _problem_keys(context.report)  # already counted as conflicts, failures...: not twice
-    futures = []
-    for task_id, workflow_id, run, state in rows:
+    moves = _Moves(record)
+    for task_id, workflow_id, run, state in _changed_tasks(context, moment):
         for prefix in _prefixes(bucket_pass, task_id, workflow_id, run, restoring):
             if not key_range.covers_prefix(prefix):
                 continue
@@ -93,15 +95,45 @@ def _check_round(context, bucket_pass, key_range, mover, present, moment, record
                         continue
                     if restoring and classified.is_new and classified.task_id == task_id:
                         target = keys.legacy_key_of(classified, workflow_id, run)
-                        futures.append(mover.submit(obj, target, check_destination=True))
+                        moves.add(mover.submit(obj, target, check_destination=True))
                     elif not restoring and classified.is_legacy:
-                        futures.append(mover.submit(obj, classified.new_key, check_destination=present is not None))
-    work_done = 0
-    for future in futures:
-        result = future.result()
-        record(result)
-        work_done += result.outcome in NEW_WORK
-    return work_done
+                        moves.add(mover.submit(obj, classified.new_key, check_destination=present is not None))
+    moves.settle()
+    return moves.new_work
+
+
+class _Moves:
+    """Moves submitted by a check, recorded in order; past ``limit`` waiting, adding one waits
+    for the oldest (memory stays bounded, as in the main pass)."""
+
+    def __init__(self, record: Callable, limit: int = MAX_IN_FLIGHT):
+        self._record, self._limit = record, limit
+        self._waiting: deque = deque()
+        self.new_work = 0  # moves that found something to do (not a key already in place)
+
+    def add(self, future) -> None:
+        self._waiting.append(future)
+        self.settle(down_to=self._limit)
+
+    def settle(self, down_to: int = 0) -> None:
+        while len(self._waiting) > down_to:
+            result = self._waiting.popleft().result()
+            self._record(result)
+            self.new_work += result.outcome in NEW_WORK
+
+
+def _changed_tasks(context, moment) -> Iterator[tuple]:
+    """(task id, workflow id, run, state) of the tasks changed since ``moment``, by id."""
+    after = NO_TASK
+    while True:
+        rows = context.with_db("the final check's changed tasks", lambda db: db.execute(
+            CHANGED_TASKS_SQL, {"unfinished": list(UNFINISHED_STATES), "since": moment, "after": after,
+                                "limit": TASKS_PER_READ}).fetchall())
+        for row in rows:
+            yield row[1:]
+        if len(rows) < TASKS_PER_READ:
+            return
+        after = rows[-1][0]
 
 
 def _prefixes(bucket_pass, task_id: str, workflow_id: str, run: int, restoring: bool) -> list[str]:
@@ -122,14 +154,13 @@ def _problem_keys(report) -> set[str]:
 def _relist(context, bucket_pass, key_range, mover, record) -> dict:
     """Without a database: list the range again; legacy keys still there are moved now."""
     found = 0
-    futures = []
+    moves = _Moves(record)
     reported = _problem_keys(context.report)
     for page in iter_pages(context.s3, bucket_pass.bucket, key_range=key_range, retrier=context.retrier):
         for obj in page:
             classified = keys.classify(obj.key, None, logs=bucket_pass.logs, artifacts=bucket_pass.artifacts)
             if classified.is_legacy and obj.key not in reported:
-                futures.append(mover.submit(obj, classified.new_key, check_destination=True))
+                moves.add(mover.submit(obj, classified.new_key, check_destination=True))
                 found += 1
-    for future in futures:
-        record(future.result())
+    moves.settle()
     return {"final_check": "relisted" if found == 0 else f"relisted; {found} legacy key(s) moved", "rounds": 1}
