@@ -22,6 +22,7 @@ from migrate import legacy_estimate
 from migrate.cli import main as migrate_main
 from migrate.status import StatusOptions, read_status
 from ponos_dev import seed
+from ponos_dev.naive_fold import naive_fold
 from ponoskit import keys, ledger
 
 # The runbooks' walks and the estimate on every server the suite runs (the issue asks for it).
@@ -217,6 +218,17 @@ def test_the_sample_interval_holds_the_exact_count(partly_moved):
     assert counted.method == "exact" and counted.objects_left == counted.workflows_left == partly_moved["legacy"]
 
 
+def test_after_the_contract_the_kept_mapping_is_sampled(partly_moved):
+    with psycopg.connect(partly_moved["dsn"], autocommit=True) as conn:  # --keep-workflow-table's copy
+        conn.execute("CREATE TABLE ponos_workflow_before_fold AS SELECT * FROM ponos_workflow")
+        naive_fold(conn)
+    found = read_status(partly_moved["ctx"], StatusOptions(partly_moved["artifacts"], partly_moved["logs"],
+                                                           sample=10_000))
+    assert found.phase == "contracted"
+    estimate = next(b.legacy for b in found.buckets if b.bucket == partly_moved["artifacts"])
+    assert estimate.method == "sample" and estimate.workflows_left == partly_moved["legacy"]
+
+
 def test_a_sample_as_large_as_the_population_is_exact(partly_moved):
     found = read_status(partly_moved["ctx"], StatusOptions(partly_moved["artifacts"], partly_moved["logs"],
                                                            sample=10_000))
@@ -239,6 +251,16 @@ def test_wilson_interval():
     assert low == 0.0 and 0.1 < high < 0.2
     low, high = legacy_estimate.wilson(10, 20)
     assert abs((0.5 - low) - (high - 0.5)) < 1e-9 and 0.25 < low < 0.35
+
+
+def test_the_ledger_keeps_no_secret_and_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    kept = ledger.kept_params({"dsn": "postgresql://u:hunter2@db/ponos", "endpoint_url": "https://key@s3.example",
+                               "checkpoint": "copy.checkpoint", "report_path": "-", "rollback": False,
+                               "workers": 8, "record_django_migration": ("ponos", "0042_x"), "shard": None})
+    assert "dsn" not in kept and "shard" not in kept and "key@" not in kept["endpoint_url"]
+    assert kept["checkpoint"] == str(tmp_path / "copy.checkpoint") and kept["report_path"] == "-"
+    assert kept["rollback"] is False and kept["workers"] == 8 and kept["record_django_migration"] == ["ponos", "0042_x"]
 
 
 # --- bad input -------------------------------------------------------------------------
