@@ -115,7 +115,7 @@ def after_contract(status: "st.MigrationStatus", where: Where) -> NextStep:
                         "the database is contracted; move the legacy keys still in the buckets", pass_problems(status))
     if not status.verified:
         return NextStep(verify(where), "check that the database and the buckets agree")
-    return NextStep(None, f"the migration is over; once its history is no longer needed: DROP TABLE {ledger.TABLE};")
+    return NextStep(None, f"the migration is over; once its history is no longer needed: {ledger.DROP_SQL};")
 
 
 def backward(status: "st.MigrationStatus", where: Where) -> NextStep:

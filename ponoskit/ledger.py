@@ -5,12 +5,18 @@ passes ran, when, how they ended, with which checkpoint), like Django's
 ``django_migrations`` or alembic's version table. Every job appends its row from one place,
 :func:`ponoskit.cli.finish`; a dry run appends nothing, and neither does a run refused or
 locked out before it did anything. The ledger survives the fold's contract; drop it once the
-migration is over (``DROP TABLE ponos_toolkit_run;``).
+migration is over (``DROP SCHEMA ponos_toolkit CASCADE;``).
 
-Writing the row never fails the job: a role without the right to create the table or to
-insert into it, or a database gone meanwhile, leaves a warning and ``not recorded: <why>`` in
-the report's ``ledger``. No secret is ever written: the DSN is not among the parameters kept,
-and every text kept goes through :func:`ponoskit.connections.redact`.
+It lives in a schema of its own, ``ponos_toolkit``, beside the application's: nothing the
+application, Django's migrations or a comparison of the Ponos schema sees. Creating it takes
+CREATE on the database, once; a role that may only write it needs USAGE on the schema and
+INSERT on the table (the id is an identity column: no sequence to grant).
+
+Writing the row never fails the job: a role without the right to create or write it leaves a
+warning and ``not recorded: <why>`` in the report's ``ledger``; a database out of reach (the
+run's own error says so) leaves only the report's note. No secret is ever written: the DSN is
+not among the parameters kept, and every text kept goes through
+:func:`ponoskit.connections.redact`.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ import psycopg
 from .connections import redact, resolve_dsn
 from .report import Report
 
-TABLE = "ponos_toolkit_run"
+SCHEMA = "ponos_toolkit"
+TABLE = f"{SCHEMA}.run"
 
-CREATE_SQL = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-    id          bigserial PRIMARY KEY,
+CREATE_SQL = (f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}", f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     job         text NOT NULL,
     phase       text,
     started     timestamptz NOT NULL,
@@ -38,7 +45,8 @@ CREATE_SQL = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
     exit_code   integer NOT NULL,
     counts      jsonb NOT NULL DEFAULT '{{}}',
     info        jsonb NOT NULL DEFAULT '{{}}'
-)"""
+)""")
+DROP_SQL = f"DROP SCHEMA {SCHEMA} CASCADE"
 INSERT_SQL = (f"INSERT INTO {TABLE} (job, phase, started, ended, status, exit_code, counts, info) "
               "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
 COLUMNS = "job, phase, started, ended, status, exit_code, counts, info"
@@ -93,7 +101,9 @@ def record(params: Mapping[str, Any], report: Report, status: str, exit_code: in
     run = run_of(report.job, params, report.to_dict(reasons=reasons), status, exit_code)
     why = append(resolve_dsn(params.get("dsn")), run)
     report.info["ledger"] = "recorded" if why is None else f"not recorded: {why}"
-    return None if why is None else f"the run ledger ({TABLE}) was not written: {why}"
+    if why is None or why == UNREACHABLE:
+        return None  # out of reach: the run's own line says so already, one line
+    return f"the run ledger ({TABLE}) was not written: {why}"
 
 
 def run_of(job: str, params: Mapping[str, Any], report: dict[str, Any], status: str, exit_code: int) -> Run:
@@ -125,14 +135,22 @@ def kept_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return kept
 
 
+UNREACHABLE = "the database could not be reached"
+
+
 def append(dsn: str, run: Run) -> Optional[str]:
     """Append ``run``; None when recorded, else why not (the caller says so, the job goes on)."""
     try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                             application_name="ponos-ledger") as conn:
+        conn = psycopg.connect(dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                               application_name="ponos-ledger")
+    except psycopg.Error:
+        return UNREACHABLE
+    try:
+        with conn:
             conn.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'")
             if not exists(conn):
-                conn.execute(CREATE_SQL)
+                for statement in CREATE_SQL:
+                    conn.execute(statement)
             conn.execute(INSERT_SQL, (run.job, run.phase, run.started, run.ended, run.status, run.exit_code,
                                       json.dumps(run.counts), json.dumps(run.info, default=str)))
     except psycopg.Error as exc:
@@ -141,15 +159,19 @@ def append(dsn: str, run: Run) -> Optional[str]:
 
 
 def _why(exc: psycopg.Error) -> str:
-    sqlstate = getattr(exc, "sqlstate", None)
-    if sqlstate == "42501":
-        return f"the role may not create or write {TABLE} (grant CREATE on the schema, or INSERT on the table)"
+    if getattr(exc, "sqlstate", None) == "42501":
+        return (f"the role may not create or write {TABLE} (grant CREATE on the database once, or USAGE on "
+                f"the schema {SCHEMA} and INSERT on the table)")
     first = " ".join(str(exc).split())
     return first[:200] or type(exc).__name__
 
 
 def exists(conn: psycopg.Connection) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,)).fetchone()[0]
+    """The ledger is there and this role may look into its schema."""
+    return conn.execute(
+        "SELECT CASE WHEN to_regnamespace(%s) IS NULL THEN false "
+        "WHEN NOT has_schema_privilege(%s, 'USAGE') THEN false "
+        "ELSE to_regclass(%s) IS NOT NULL END", (SCHEMA, SCHEMA, TABLE)).fetchone()[0]
 
 
 def last_runs(conn: psycopg.Connection, job: Optional[str] = None, *, phase: Optional[str] = None,

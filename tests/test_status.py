@@ -114,7 +114,7 @@ def test_the_forward_runbook_step_by_step(world):
     run_printed(found["next"]["command"], secret)
 
     found = status(world, "--expect", "contracted")
-    assert found["next"]["command"] is None and f"DROP TABLE {ledger.TABLE}" in found["next"]["note"]
+    assert found["next"]["command"] is None and ledger.DROP_SQL in found["next"]["note"]
     assert found["verified"]
     with psycopg.connect(world["dsn"]) as conn:  # every job left its row, and no secret
         rows = conn.execute(f"SELECT job, phase, exit_code, info::text FROM {ledger.TABLE} ORDER BY id").fetchall()
@@ -328,13 +328,12 @@ def test_a_run_without_a_database_leaves_no_row(world, s3_env):
 
 @pytest.fixture
 def reader_role(world, pg_admin_dsn):
-    """A role that may read the Ponos tables but not create one."""
+    """A role that may read the Ponos tables but create nothing (no CREATE on the database)."""
     name, password = f"reader_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     dbname = psycopg.conninfo.conninfo_to_dict(world["dsn"])["dbname"]
     with psycopg.connect(world["dsn"], autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD '{password}'")
         conn.execute(f'GRANT CONNECT ON DATABASE "{dbname}" TO {name}')
-        conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         conn.execute(f"GRANT USAGE ON SCHEMA public TO {name}")
         conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {name}")
     yield make_conninfo(world["dsn"], user=name, password=password)

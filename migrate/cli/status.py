@@ -57,7 +57,7 @@ def command(artifacts_bucket, logs_bucket, endpoint_url, profile, retry_deadline
       contracted          db-fold-workflow --phase contract ran
 
     Prints the database's phase and steps, each bucket's last rename passes (from the run
-    ledger, ponos_toolkit_run), an estimate of the workflows whose legacy prefix still holds
+    ledger, ponos_toolkit.run), an estimate of the workflows whose legacy prefix still holds
     objects (a random sample, --sample LIST requests per bucket, with its 95% interval;
     --exact counts the objects), the cleanup's last runs and outbox, and the next command of
     the runbook, whole, with what blocks it. Never a secret: the commands find the database
