@@ -34,7 +34,7 @@ import psycopg
 
 from ponoskit import tasks
 from ponoskit.budget import RuntimeBudget, why_stop
-from ponoskit.runtime import JobResult
+from ponoskit.runtime import JobResult, database_error
 from ponoskit.s3.errors import S3PermissionError, one_line
 
 from . import billing, fold_leftovers, outbox, preflight
@@ -148,7 +148,7 @@ def _locked_run(ctx, opts: CleanupOptions, budget: RuntimeBudget, requests) -> J
                 return plan(ctx, opts, params, requests)
             return clean(ctx, opts, params, budget)
         except psycopg.Error as exc:
-            raise preflight.database_error(exc) from exc
+            raise database_error(exc, "the cleanup") from exc
 
 
 def report_unfinished_processes(ctx, params: dict) -> None:

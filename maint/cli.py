@@ -8,16 +8,14 @@ PostgreSQL kept failing (transient: run again later, what is owed waits in the o
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from datetime import datetime, timedelta, timezone
 from typing import Callable, Optional
 
 import click
 
-from ponoskit.cli import (bucket_options, console_entry, dsn_option, init_logging,
-                          on_sigterm, parse_duration, prices_option, progress, remember_report, run_job,
-                          run_options, s3_options)
+from ponoskit.cli import (Duration, bucket_options, console_entry, dsn_option, expert_option, init_logging,
+                          on_sigterm, prices_option, progress, remember_report, run_job, run_options, s3_options)
 from ponoskit.connections import S3Settings, redact
 from ponoskit.context import Context
 from ponoskit.errors import ConfigError, FlushError
@@ -47,9 +45,7 @@ def parse_before(value: Optional[str], *, allow_future: bool = False) -> datetim
     return moment
 
 
-def _buckets(artifacts_bucket: Optional[str], logs_bucket: Optional[str]) -> tuple[str, str]:
-    artifacts = artifacts_bucket or os.environ.get("PONOS_ARTIFACTS_BUCKET")
-    logs = logs_bucket or os.environ.get("PONOS_LOGS_BUCKET")
+def _buckets(artifacts: Optional[str], logs: Optional[str]) -> tuple[str, str]:
     if not artifacts or not logs:
         raise ConfigError("--artifacts-bucket and --logs-bucket are required "
                           "(or PONOS_ARTIFACTS_BUCKET and PONOS_LOGS_BUCKET)")
@@ -77,16 +73,16 @@ def _execute(ctx: Context, job: Callable[[], JobResult], stop: threading.Event) 
 def common_options(f):
     for decorate in (run_options, bucket_options, s3_options, dsn_option):
         f = decorate(f)
-    f = click.option("--s3-max-attempts", type=click.IntRange(1, 100), default=10, show_default=True,
+    f = expert_option("--s3-max-attempts", envvar="PONOS_S3_MAX_ATTEMPTS", type=click.IntRange(1, 100), default=10, show_default=True,
                      help="Attempts per S3 request (botocore retries with backoff) before the run "
                           "gives up on S3; lower it to fail fast.")(f)
     f = click.option("--before", default=None, metavar="TIMESTAMP",
                      help="ISO 8601 timestamp used instead of now (UTC when it has no offset); "
                           "a moment in the future is refused (exit 2) without --allow-future-before.")(f)
-    f = click.option("--allow-future-before", is_flag=True,
+    f = expert_option("--allow-future-before", envvar="PONOS_ALLOW_FUTURE_BEFORE", is_flag=True,
                      help="Accept a --before in the future: what expires before then counts as expired "
                           "already (tests, rehearsals).")(f)
-    f = click.option("--max-runtime", default=None, metavar="DURATION",
+    f = click.option("--max-runtime", type=Duration(), default=None, metavar="DURATION",
                      help="Stop cleanly between batches after this long (600, 10m, 1h); "
                           "keep it below the schedule period so runs never pile up.")(f)
     f = click.option("--max-rps", type=click.FloatRange(0, min_open=True), default=None, metavar="N",
@@ -124,7 +120,7 @@ def main() -> None:
               help="Tasks per transaction.")
 @click.option("--orphans", "with_orphans", is_flag=True,
               help="After the cleanup, sweep objects whose task no longer exists (see `orphans`).")
-@click.option("--grace", default="7d", show_default=True, metavar="DURATION",
+@click.option("--grace", type=Duration(), default="7d", show_default=True, metavar="DURATION",
               help="With --orphans: only objects last modified longer ago than this.")
 @click.option("--retry-set-aside", is_flag=True,
               help="Retry the outbox targets set aside after repeated S3 refusals (once their cause is fixed).")
@@ -158,8 +154,7 @@ def cleanup(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_b
     init_logging(verbosity, quiet, log_format)
     artifacts, logs = _buckets(artifacts_bucket, logs_bucket)
     moment = parse_before(before, allow_future=allow_future_before)
-    seconds = parse_duration("--max-runtime", max_runtime)
-    grace_period = timedelta(seconds=parse_duration("--grace", grace))
+    seconds, grace_period = max_runtime, timedelta(seconds=grace)
     price_list = parse_prices(prices)
     stop = threading.Event()
     ctx = _context("cleanup", dsn, endpoint_url, profile, s3_max_attempts, retry_deadline, dry_run, max_rps)
@@ -179,7 +174,7 @@ def cleanup(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_b
 
 @main.command()
 @common_options
-@click.option("--grace", default="7d", show_default=True, metavar="DURATION",
+@click.option("--grace", type=Duration(), default="7d", show_default=True, metavar="DURATION",
               help="Only objects last modified longer ago than this (before --before).")
 @run_job
 def orphans(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_bucket, dry_run, report_path,
@@ -197,8 +192,7 @@ def orphans(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_b
     init_logging(verbosity, quiet, log_format)
     artifacts, logs = _buckets(artifacts_bucket, logs_bucket)
     moment = parse_before(before, allow_future=allow_future_before)
-    seconds = parse_duration("--max-runtime", max_runtime)
-    grace_period = timedelta(seconds=parse_duration("--grace", grace))
+    seconds, grace_period = max_runtime, timedelta(seconds=grace)
     price_list = parse_prices(prices)
     stop = threading.Event()
     ctx = _context("orphans", dsn, endpoint_url, profile, s3_max_attempts, retry_deadline, dry_run, max_rps)

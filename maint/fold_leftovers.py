@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 import psycopg
 
 from ponoskit import keys
+from ponoskit.schema import table_exists
 
 from .outbox import KEY, PREFIX, Target
 
@@ -31,7 +32,7 @@ PAGE_SQL = f"SELECT task_id::text, workflow_id::text, run FROM {TABLE} WHERE tas
 
 
 def present(conn: psycopg.Connection) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,)).fetchone()[0]
+    return table_exists(conn, TABLE)
 
 
 def may_hand_over(conn: psycopg.Connection) -> bool:

@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ponoskit import keys, tasks
 from ponoskit.budget import RuntimeBudget, why_stop
-from ponoskit.runtime import JobResult
+from ponoskit.runtime import JobResult, database_error
 from ponoskit.errors import FlushError, PonosError, TransientError
 from ponoskit.s3.delete import delete_buffer
 from ponoskit.s3.listing import iter_pages, iter_top_level, timestamp
@@ -74,7 +74,7 @@ def _sweep(ctx, opts: OrphanOptions, requests: billing.RequestCounter) -> JobRes
                     reasons.append(stopped)
                     break
         except psycopg.Error as exc:
-            raise preflight.database_error(exc) from None
+            raise database_error(exc, "the orphan sweep") from exc
         except (BotoCoreError, ClientError) as exc:
             raise PonosError(f"S3 failed during the orphan sweep, run again: {' '.join(str(exc).split())}") \
                 from None
@@ -133,7 +133,7 @@ def sweep_entry(ctx, bucket: str, entry: str, deleter, *, logs: bool, artifacts:
         known = tasks.known_tasks_of_keys(ctx.db, (obj.key for obj in page))
         for obj in page:
             found = keys.classify(obj.key, known, logs=logs, artifacts=artifacts)
-            legacy = found.kind is keys.Kind.ORPHAN_LEGACY
+            legacy = found.kind is keys.KeyKind.ORPHAN_LEGACY
             if not (legacy or found.is_new) or found.task_id in known:
                 ctx.report.count("orphan_scan_not_new_layout")
             elif timestamp(obj.last_modified) >= cutoff:

@@ -25,6 +25,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import psycopg
 
 from ponoskit import keys
+from ponoskit.schema import column_exists, table_exists
 
 TABLE = "ponos_cleanup_outbox"
 KEY, PREFIX = "key", "prefix"
@@ -86,13 +87,12 @@ def targets_for_rows(conn: psycopg.Connection, task_ids: Iterable, *, artifacts_
 
 
 def exists(conn: psycopg.Connection) -> bool:
-    return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (TABLE,)).fetchone()[0]
+    return table_exists(conn, TABLE)
 
 
 def ensure(conn: psycopg.Connection) -> None:
     conn.execute(CREATE_SQL)
-    if conn.execute("SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-                    "AND attname = 'set_aside' AND NOT attisdropped)", (TABLE,)).fetchone()[0]:
+    if not _has_bookkeeping(conn):
         conn.execute(UPGRADE_SQL)
 
 
@@ -109,8 +109,7 @@ def add(conn: psycopg.Connection, targets: Sequence[Target]) -> list[Target]:
 
 
 def _has_bookkeeping(conn: psycopg.Connection) -> bool:
-    return conn.execute("SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-                        "AND attname = 'set_aside' AND NOT attisdropped)", (TABLE,)).fetchone()[0]
+    return column_exists(conn, TABLE, "set_aside")
 
 
 def pending(conn: psycopg.Connection, *, include_set_aside: bool = False) -> tuple[int, int]:

@@ -7,8 +7,8 @@ import hashlib
 import psycopg
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ponoskit import connections, schema
-from ponoskit.errors import ConfigError, PonosError, TransientError
+from ponoskit import schema
+from ponoskit.errors import ConfigError, PonosError
 from ponoskit.keys import CANARY_PREFIX
 from ponoskit.s3 import canary, capabilities
 from ponoskit.s3.delete import delete_objects
@@ -100,14 +100,3 @@ def _remove_canary_versions(ctx, bucket: str, key: str, caps, notes: list[str]) 
         capabilities.remove_canaries(ctx.s3, bucket, versions, caps)
     except (ClientError, BotoCoreError, S3PermissionError) as exc:
         notes.append(f"the canary's versions stay in the versioned bucket ({one_line(exc)})")
-
-
-def database_error(exc: psycopg.Error) -> PonosError:
-    """A PostgreSQL failure in the middle of a run: what was committed stays, the rest is left.
-
-    A lost connection (a failover, a restart) is transient (exit 75); anything else is 1.
-    """
-    first_line = connections.redact(" ".join(str(exc).split()) or type(exc).__name__)
-    if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, psycopg.errors.QueryCanceled):
-        return TransientError(f"database unavailable, run again to finish: {first_line}")
-    return PonosError(f"database error, run again to finish: {first_line}")

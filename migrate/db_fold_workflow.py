@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
 import psycopg
-from psycopg import errors as pg_errors
 
 from ponoskit import schema
 from ponoskit.context import Context
-from ponoskit.connections import redact
-from ponoskit.errors import AlreadyRunning, ConfigError, PonosError, TransientError
+from ponoskit.errors import AlreadyRunning, ConfigError, PonosError
+from ponoskit.runtime import DatabaseErrors
 
 from migrate.fold import django_migrations, orphans, preflight, runbook
 from migrate.fold.ddl import Ddl, LockBusy, LockPolicy
@@ -42,15 +41,11 @@ from migrate.fold.job import KEPT_WORKFLOW_TABLE, ORPHANS_DELETE, ORPHANS_REFUSE
 from migrate.fold.runbook import Plan, Step
 from migrate.fold.throttle import Throttle
 
-__all__ = ["FOLD_LOCK_KEY", "FoldFailed", "FoldOptions", "FoldPlan", "LockBusy", "LockPolicy", "PHASES",
+__all__ = ["FOLD_LOCK_KEY", "FoldOptions", "FoldPlan", "LockBusy", "LockPolicy", "PHASES",
            "KEPT_WORKFLOW_TABLE", "ORPHANS_DELETE", "ORPHANS_REFUSE", "fold_workflows", "plan_fold", "rollback_fold"]
 
 # pg_try_advisory_lock key of this job ("ponosfol" in ASCII): one fold per database at a time.
 FOLD_LOCK_KEY = 0x706F6E6F73666F6C
-
-
-class FoldFailed(PonosError):
-    """A phase failed on a database error; what committed stays, a re-run resumes from there."""
 
 
 @dataclass
@@ -72,7 +67,7 @@ def fold_workflows(ctx: Context, options: FoldOptions = FoldOptions()) -> None:
 
 
 def _fold(ctx: Context, options: FoldOptions) -> None:
-    with _DatabaseErrors("preflight") as errors:
+    with DatabaseErrors("preflight") as errors:
         conn = ctx.db
         _describe(ctx, options)
         with _lock(ctx, conn):
@@ -97,7 +92,7 @@ def rollback_fold(ctx: Context, options: FoldOptions = FoldOptions()) -> None:
 
 
 def _roll_back(ctx: Context, options: FoldOptions) -> None:
-    with _DatabaseErrors("rollback preflight") as errors:
+    with DatabaseErrors("rollback preflight") as errors:
         conn = ctx.db
         _describe(ctx, options)
         ctx.report.info["rollback"] = True
@@ -114,7 +109,7 @@ def _roll_back(ctx: Context, options: FoldOptions) -> None:
 
 def plan_fold(ctx: Context, options: FoldOptions = FoldOptions(), *, rollback: bool = False) -> FoldPlan:
     """Preflight and plan, changing nothing (``--dry-run``)."""
-    with _DatabaseErrors("plan"):
+    with DatabaseErrors("plan"):
         conn = ctx.db
         _describe(ctx, options)
         if rollback:
@@ -175,11 +170,11 @@ def _check_can_roll_back(conn) -> str:
     return state
 
 
-def _run(ctx: Context, job: Job, steps: list[Step], errors: "_DatabaseErrors", *, undo: bool) -> int:
+def _run(ctx: Context, job: Job, steps: list[Step], errors: DatabaseErrors, *, undo: bool) -> int:
     ran = 0
     for step in steps:
         name = f"undo {step.name}" if undo else step.name
-        errors.phase = name
+        errors.during = name
         with ctx.report.phase(name) as record:
             if not (step.undo_pending(job) if undo else step.pending(job)):
                 record["status"] = "already done"
@@ -242,25 +237,3 @@ def _preflight(ctx: Context, conn: psycopg.Connection, options: FoldOptions) -> 
                         f"to {KEPT_WORKFLOW_TABLE}" if options.keep_workflow_table else "with the table",
                         len(findings.orphans.task_ids))
     return findings
-
-
-class _DatabaseErrors:
-    """Turn a database error into a typed error that names the phase it happened in."""
-
-    def __init__(self, phase: str):
-        self.phase = phase
-
-    def __enter__(self) -> "_DatabaseErrors":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if not isinstance(exc, psycopg.Error):
-            return False
-        message = redact(" ".join(str(exc).split()))
-        if isinstance(exc, pg_errors.InsufficientPrivilege):
-            raise ConfigError(f"{self.phase}: missing privilege: {message}") from None
-        if isinstance(exc, psycopg.OperationalError) and not isinstance(exc, pg_errors.QueryCanceled):
-            # The connection went (a failover, a restart): what committed stays, run again later.
-            raise TransientError(f"{self.phase}: database unavailable ({message}); what committed stays, "
-                                 "run again to resume") from None
-        raise FoldFailed(f"{self.phase} failed: {message}; what committed stays, run again to resume") from None

@@ -146,10 +146,10 @@ def record_left_alone(report, found: keys.Classified) -> bool:
         report.count("new_layout")
     elif found.is_legacy:
         report.count("legacy_layout")  # --rollback: the legacy keys stay where they are
-    elif found.kind is keys.Kind.UNDECIDED:
+    elif found.kind is keys.KeyKind.UNDECIDED:
         report.add("undecided", found.key, limit=LISTED_KEYS_LIMIT)
         return False
-    elif found.kind is keys.Kind.ORPHAN_LEGACY:
+    elif found.kind is keys.KeyKind.ORPHAN_LEGACY:
         report.add("orphan_legacy", found.key, limit=LISTED_KEYS_LIMIT)
     else:
         report.add("unrecognized", found.key, limit=LISTED_KEYS_LIMIT)

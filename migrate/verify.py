@@ -169,16 +169,16 @@ def check_bucket_against_rows(context, bucket: str, *, artifacts: bool, logs: bo
 
 def classify_left(report, found: keys.Classified, tasks: set[str]) -> None:
     """Count an object that no artifact row accounts for."""
-    if found.is_legacy or found.kind is keys.Kind.UNDECIDED:
+    if found.is_legacy or found.kind is keys.KeyKind.UNDECIDED:
         report.add("legacy_left", found.key, limit=LISTED_LIMIT)
     elif found.is_new and found.task_id not in tasks:
         report.add("orphans", found.key, limit=LISTED_LIMIT)
-    elif found.kind is keys.Kind.NEW_LOG:
+    elif found.kind is keys.KeyKind.NEW_LOG:
         report.count("logs_found")
-    elif found.kind is keys.Kind.NEW_ARTIFACT:
+    elif found.kind is keys.KeyKind.NEW_ARTIFACT:
         # Under a task that exists but with no row: harmless, the application never lists it.
         report.count("unindexed_objects")
-    elif found.kind is keys.Kind.ORPHAN_LEGACY:
+    elif found.kind is keys.KeyKind.ORPHAN_LEGACY:
         report.add("orphan_legacy", found.key, limit=LISTED_LIMIT)
     else:
         report.add("unrecognized", found.key, limit=LISTED_LIMIT)

@@ -248,6 +248,13 @@ def _write_metrics(click_context: click.Context, code: int) -> None:
 
 # --- shared options ---------------------------------------------------------------------
 
+def expert_option(*decls: str, envvar: str, **attrs):
+    """Expert tuning: hidden from the everyday --help, set by its environment variable (as the
+    AWS CLI and s3transfer keep theirs), or by the option for one run. The README's "Expert
+    tuning" lists every one (tests/test_expert_tuning.py checks it)."""
+    return click.option(*decls, envvar=envvar, show_envvar=True, hidden=True, **attrs)
+
+
 def dsn_option(f):
     return click.option("--dsn", envvar=None, default=None, metavar="DSN",
                         help="PostgreSQL DSN; default DATABASE_URL, else libpq's PG* variables.")(f)
@@ -265,13 +272,14 @@ def s3_options(f):
     f = click.option("--endpoint-url", default=None, metavar="URL",
                      help="S3 endpoint (MinIO, SeaweedFS); default: the AWS configuration "
                           "(AWS_ENDPOINT_URL, profiles). Path-style addressing is used with an endpoint.")(f)
-    f = click.option("--profile", default=None, help="AWS profile name.")(f)
+    f = expert_option("--profile", envvar="AWS_PROFILE", default=None, help="AWS profile name.")(f)
     return f
 
 
 def bucket_options(f):
-    f = click.option("--artifacts-bucket", default=None, metavar="NAME", help="Bucket of task artifacts.")(f)
-    f = click.option("--logs-bucket", default=None, metavar="NAME",
+    f = click.option("--artifacts-bucket", default=None, metavar="NAME", envvar="PONOS_ARTIFACTS_BUCKET",
+                     show_envvar=True, help="Bucket of task artifacts.")(f)
+    f = click.option("--logs-bucket", default=None, metavar="NAME", envvar="PONOS_LOGS_BUCKET", show_envvar=True,
                      help="Bucket of task logs (may be the artifacts bucket).")(f)
     return f
 
@@ -288,8 +296,9 @@ def _remember_progress_interval(ctx: click.Context, _param, value: Optional[floa
 
 def output_options(f):
     """Where a run's results go: the JSON report, log verbosity and format, metrics."""
-    f = click.option("--progress-interval", type=Duration(), default=str(int(DEFAULT_INTERVAL)), show_default=True,
-                     metavar="SECONDS", expose_value=False, callback=_remember_progress_interval,
+    f = expert_option("--progress-interval", envvar="PONOS_PROGRESS_INTERVAL", type=Duration(),
+                      default=str(int(DEFAULT_INTERVAL)), show_default=True,
+                      metavar="SECONDS", expose_value=False, callback=_remember_progress_interval,
                      help="Log a progress line (counts, rate, time left) and rewrite --metrics-file this "
                           "often while the job runs; 0 for none.")(f)
     f = click.option("--metrics-file", default=None, metavar="FILE", expose_value=False,
@@ -300,8 +309,8 @@ def output_options(f):
                      help="Write a JSON report to FILE ('-' for stdout).")(f)
     f = click.option("-v", "--verbose", "verbosity", count=True, help="More log output.")(f)
     f = click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")(f)
-    f = click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
-                     show_default=True, help="Log lines for humans or JSON lines for collectors.")(f)
+    f = expert_option("--log-format", envvar="PONOS_LOG_FORMAT", type=click.Choice(["text", "json"]),
+                      default="text", show_default=True, help="Log lines for humans or JSON lines for collectors.")(f)
     return f
 
 
@@ -313,7 +322,7 @@ def run_options(f):
 
 def prices_option(f):
     """Per-request prices for a dry run's S3 bill (ponoskit.s3.bill)."""
-    return click.option("--prices", default=None, metavar="TYPE=USD,...",
+    return expert_option("--prices", envvar="PONOS_S3_PRICES", default=None, metavar="TYPE=USD,...",
                         help="S3 prices for the dry run's bill, USD per 1,000 requests (LIST, COPY, PUT, "
                              "HEAD, GET, DELETE) and per GB-month (STORAGE); default AWS us-east-1 list "
                              "prices.")(f)
@@ -340,16 +349,24 @@ def parse_duration(option: str, value: Optional[str]) -> Optional[float]:
 
 
 class Duration(click.ParamType):
-    """A click parameter read with :func:`parse_duration`."""
+    """A click parameter read with :func:`parse_duration` (every duration option is one);
+    ``positive``: zero is refused too."""
     name = "duration"
+
+    def __init__(self, *, positive: bool = False):
+        self.positive = positive
 
     def convert(self, value, param, ctx):
         if isinstance(value, (int, float)):
-            return float(value)
-        try:
-            return parse_duration(f"--{param.name.replace('_', '-')}" if param else "duration", value)
-        except ConfigError as err:
-            self.fail(str(err).split(": ", 1)[-1], param, ctx)
+            seconds = float(value)
+        else:
+            try:
+                seconds = parse_duration(f"--{param.name.replace('_', '-')}" if param else "duration", value)
+            except ConfigError as err:
+                self.fail(str(err).split(": ", 1)[-1], param, ctx)
+        if self.positive and seconds <= 0:
+            self.fail(f"{value!r}: a positive duration such as 500ms, 2s or 1.5 (seconds)", param, ctx)
+        return seconds
 
 
 class ByteSize(click.ParamType):

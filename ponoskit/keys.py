@@ -59,7 +59,7 @@ def legacy_log_key(workflow_id: str | UUID, run: int, task_id: str | UUID) -> st
     return f"{workflow_id}/run_{run}/{task_id}.log"
 
 
-class Kind(enum.Enum):
+class KeyKind(enum.Enum):
     LEGACY_ARTIFACT = "legacy_artifact"
     LEGACY_LOG = "legacy_log"
     NEW_ARTIFACT = "new_artifact"
@@ -74,17 +74,17 @@ class Kind(enum.Enum):
 @dataclass(frozen=True)
 class Classified:
     key: str
-    kind: Kind
+    kind: KeyKind
     task_id: Optional[str] = None
     new_key: Optional[str] = None  # set for legacy kinds: where the object must go
 
     @property
     def is_legacy(self) -> bool:
-        return self.kind in (Kind.LEGACY_ARTIFACT, Kind.LEGACY_LOG)
+        return self.kind in (KeyKind.LEGACY_ARTIFACT, KeyKind.LEGACY_LOG)
 
     @property
     def is_new(self) -> bool:
-        return self.kind in (Kind.NEW_ARTIFACT, Kind.NEW_LOG)
+        return self.kind in (KeyKind.NEW_ARTIFACT, KeyKind.NEW_LOG)
 
 
 @dataclass(frozen=True)
@@ -137,54 +137,54 @@ def classify(key: str, known_tasks: Collection[str] | None, *, logs: bool = True
     """
     new_log = _NEW_LOG_RE.match(key)
     if new_log:
-        return Classified(key, Kind.NEW_LOG, new_log["task"].lower()) if logs else Classified(key, Kind.UNRECOGNIZED)
+        return Classified(key, KeyKind.NEW_LOG, new_log["task"].lower()) if logs else Classified(key, KeyKind.UNRECOGNIZED)
 
     parts = key.split("/", 2)
     if len(parts) < 2 or not is_uuid(parts[0]):
-        return Classified(key, Kind.UNRECOGNIZED)
+        return Classified(key, KeyKind.UNRECOGNIZED)
     first = parts[0].lower()
 
     # Under a task id that exists, a key is in the new layout whatever its path looks like.
     if known_tasks is not None and first in known_tasks:
-        return Classified(key, Kind.NEW_ARTIFACT if artifacts else Kind.UNRECOGNIZED, first)
+        return Classified(key, KeyKind.NEW_ARTIFACT if artifacts else KeyKind.UNRECOGNIZED, first)
 
     legacy_log = _LEGACY_LOG_RE.match(key)
     if legacy_log and logs:
         task = legacy_log["task"].lower()
         if known_tasks is None:
             # In a bucket that also holds artifacts, this may be <task>/run_N/<uuid>.log.
-            return Classified(key, Kind.UNDECIDED if artifacts else Kind.LEGACY_LOG, task,
+            return Classified(key, KeyKind.UNDECIDED if artifacts else KeyKind.LEGACY_LOG, task,
                               None if artifacts else log_key(task))
         if task in known_tasks:
-            return Classified(key, Kind.LEGACY_LOG, task, log_key(task))
-        return Classified(key, Kind.ORPHAN_LEGACY, task)
+            return Classified(key, KeyKind.LEGACY_LOG, task, log_key(task))
+        return Classified(key, KeyKind.ORPHAN_LEGACY, task)
 
     if not artifacts or parts[1] == "":
-        return Classified(key, Kind.UNRECOGNIZED)  # not ours, or a <uuid>/ folder marker
+        return Classified(key, KeyKind.UNRECOGNIZED)  # not ours, or a <uuid>/ folder marker
 
     if len(parts) == 3 and is_uuid(parts[1]):
         # Every key under a task's folder moves, folder markers (``dir/``, the folder itself)
         # and keys ending in ``/`` that hold bytes included: S3 keys, like any other.
         task, path = parts[1].lower(), parts[2]
         if known_tasks is None:
-            return Classified(key, Kind.UNDECIDED, task)
+            return Classified(key, KeyKind.UNDECIDED, task)
         if task in known_tasks:
             # New keys use the canonical lower-case id, as Arkindex's str(uuid) does.
-            return Classified(key, Kind.LEGACY_ARTIFACT, task, artifact_key(task, path))
-        return Classified(key, Kind.ORPHAN_LEGACY, task)
+            return Classified(key, KeyKind.LEGACY_ARTIFACT, task, artifact_key(task, path))
+        return Classified(key, KeyKind.ORPHAN_LEGACY, task)
 
     # <uuid>/<path> whose path does not start with a UUID folder: only the new layout has it.
     # Its task may be gone (an orphan for the cleanup's sweep); the rename leaves it alone.
-    return Classified(key, Kind.NEW_ARTIFACT, first)
+    return Classified(key, KeyKind.NEW_ARTIFACT, first)
 
 
 def legacy_key_of(found: Classified, workflow_id: str, run: int) -> Optional[str]:
     """Where a new-layout object of a task lived (or lives again, for a rollback) in the
     legacy layout: ``<task>/<path>`` -> ``<workflow>/<task>/<path>``, ``<task>.log`` ->
     ``<workflow>/run_<N>/<task>.log``."""
-    if found.kind is Kind.NEW_LOG:
+    if found.kind is KeyKind.NEW_LOG:
         return legacy_log_key(workflow_id, run, found.task_id)
-    if found.kind is Kind.NEW_ARTIFACT:
+    if found.kind is KeyKind.NEW_ARTIFACT:
         return legacy_artifact_key(workflow_id, found.task_id, found.key.split("/", 1)[1])
     return None
 

@@ -23,6 +23,7 @@ from typing import Optional
 
 import psycopg
 
+from .connections import redact
 from .errors import AlreadyRunning, ConfigError, OutOfTime, PonosError, ServiceUnreachable, TransientError
 from .s3.errors import Kind as S3Kind
 from .s3.errors import kind_of as s3_kind_of
@@ -113,6 +114,38 @@ def pg_connection_lost(exc: BaseException) -> Optional[BaseException]:
             return error
         todo += [error.__cause__, error.__context__, *getattr(error, "errors", ())]
     return None
+
+
+class DatabaseFailed(PonosError):
+    """A PostgreSQL failure in the middle of a run: what committed stays, a re-run resumes from there."""
+
+
+class DatabaseErrors:
+    """A context manager that turns a PostgreSQL error into a typed error naming where the
+    job was (``during``, which the job may change as it goes): a missing privilege is
+    configuration (2), a lost connection transient (75), the rest a failure (1). The one
+    translator of every job's database errors."""
+
+    def __init__(self, during: str):
+        self.during = during
+
+    def __enter__(self) -> "DatabaseErrors":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if isinstance(exc, psycopg.Error):
+            raise database_error(exc, self.during) from exc
+        return False
+
+
+def database_error(exc: psycopg.Error, during: str) -> PonosError:
+    message = redact(one_line(exc))
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        return ConfigError(f"{during}: missing privilege: {message}")
+    if pg_is_transient(exc) and not isinstance(exc, psycopg.errors.QueryCanceled):
+        return TransientError(f"{during}: database unavailable ({message}); what committed stays, "
+                              "run again to resume")
+    return DatabaseFailed(f"{during} failed: {message}; what committed stays, run again to resume")
 
 
 def result_of(exc: BaseException) -> JobResult:

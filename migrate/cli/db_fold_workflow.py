@@ -6,27 +6,16 @@ import sys
 
 import click
 
-from ponoskit.cli import (Duration, dsn_option, init_logging, job_report, parse_duration, progress,
+from ponoskit.cli import (Duration, dsn_option, expert_option, init_logging, job_report, progress,
                           retry_deadline_option, run_job, run_options)
 from ponoskit.connections import S3Settings, describe_dsn
 from ponoskit.context import Context
-from ponoskit.errors import ConfigError
 
 from migrate.db_fold_workflow import (KEPT_WORKFLOW_TABLE, ORPHANS_DELETE, ORPHANS_REFUSE, PHASES, FoldOptions,
                                       FoldPlan, LockPolicy, fold_workflows, plan_fold, rollback_fold)
 from migrate.fold import django_migrations
 
 JOB = "db-fold-workflow"
-
-
-def _seconds(ctx, param, value: str) -> float:
-    try:
-        seconds = parse_duration("--lock-timeout", value)
-    except ConfigError:
-        seconds = None
-    if not seconds or seconds <= 0:
-        raise click.BadParameter("a positive duration such as 500ms, 2s or 1.5 (seconds)")
-    return seconds
 
 
 def _print_plan(plan: FoldPlan, database: str, batch_size: int, out) -> None:
@@ -51,9 +40,10 @@ def _print_plan(plan: FoldPlan, database: str, batch_size: int, out) -> None:
 @dsn_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=5000, show_default=True,
               help="Rows per backfill batch; each batch is one short transaction.")
-@click.option("--lock-timeout", default="500ms", show_default=True, callback=_seconds, metavar="DURATION",
+@expert_option("--lock-timeout", envvar="PONOS_LOCK_TIMEOUT", type=Duration(positive=True), default="500ms",
+               show_default=True, metavar="DURATION",
               help="How long one DDL attempt may wait for a lock the application's queries would queue behind.")
-@click.option("--lock-retries", type=click.IntRange(min=1), default=20, show_default=True,
+@expert_option("--lock-retries", envvar="PONOS_LOCK_RETRIES", type=click.IntRange(min=1), default=20, show_default=True,
               help="Attempts per DDL statement before giving up (exit 1; a re-run resumes).")
 @click.option("--keep-workflow-table", is_flag=True,
               help=f"Rename ponos_workflow to {KEPT_WORKFLOW_TABLE} (with a process_id column) instead of "
@@ -74,7 +64,7 @@ def _print_plan(plan: FoldPlan, database: str, batch_size: int, out) -> None:
 @click.option("--max-replica-lag", type=Duration(), default=None, metavar="DURATION",
               help="Between backfill batches, wait while a streaming replica replays more than this behind "
                    "(pg_stat_replication; needs pg_monitor).")
-@click.option("--pause-file", type=click.Path(dir_okay=False), default=None,
+@expert_option("--pause-file", envvar="PONOS_PAUSE_FILE", type=click.Path(dir_okay=False), default=None,
               help="While this file exists the backfill waits between batches (so does kill -USR1; -USR2 resumes).")
 @retry_deadline_option
 @run_options

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ponoskit.budget import RuntimeBudget
-from ponoskit.cli import (ByteSize, Duration, bucket_options, dsn_option, init_logging,
+from ponoskit.cli import (ByteSize, Duration, bucket_options, dsn_option, expert_option, init_logging,
                           job_report, prices_option, progress, run_job, run_options, s3_options)
 from ponoskit.connections import S3Settings, describe_dsn
 from ponoskit.context import Context
@@ -26,15 +26,15 @@ from ..s3_rename import ALL, PHASES, PROBLEMS, ROLLBACK, RenameOptions, rename
               help="Copies in flight at most (fewer while S3 throttles: the window adapts).")
 @click.option("--max-rps", type=click.FloatRange(min=0.1), default=None, metavar="N",
               help="At most N S3 requests per second, all workers together (a bucket production also uses).")
-@click.option("--multipart-threshold", type=ByteSize(), default="1GiB", show_default=True,
+@expert_option("--multipart-threshold", envvar="PONOS_MULTIPART_THRESHOLD", type=ByteSize(), default="1GiB", show_default=True,
               help="Objects larger than this are copied in parallel parts (UploadPartCopy).")
-@click.option("--part-size", type=ByteSize(), default="256MiB", show_default=True,
+@expert_option("--part-size", envvar="PONOS_PART_SIZE", type=ByteSize(), default="256MiB", show_default=True,
               help="Part size of multipart copies (at least 5MiB; grows to stay within 10,000 parts).")
-@click.option("--inspect-sources", type=click.Choice([INSPECT_AUTO, INSPECT_ALWAYS]), default=INSPECT_AUTO,
+@expert_option("--inspect-sources", envvar="PONOS_INSPECT_SOURCES", type=click.Choice([INSPECT_AUTO, INSPECT_ALWAYS]), default=INSPECT_AUTO,
               show_default=True,
               help="HEAD every source before copying it, to keep its own SSE-KMS key: 'auto' does when the "
                    "bucket's default encryption is KMS (or unreadable), 'always' everywhere.")
-@click.option("--compare-read-limit", type=ByteSize(), default="64MiB", show_default=True,
+@expert_option("--compare-read-limit", envvar="PONOS_COMPARE_READ_LIMIT", type=ByteSize(), default="64MiB", show_default=True,
               help="A key already at its new key is compared by checksum or MD5 ETag; without either, objects "
                    "up to this size are read and compared, larger ones are conflicts.")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,

@@ -15,6 +15,7 @@ from typing import Optional
 import psycopg
 
 from ponoskit.errors import ConfigError
+from ponoskit.schema import table_exists
 
 RECORD_SQL = "INSERT INTO django_migrations (app, name, applied) VALUES (%(app)s, %(name)s, now())"
 
@@ -37,7 +38,7 @@ def check(conn: psycopg.Connection, migration: Optional[tuple[str, str]]) -> Non
     """Refuse now (exit 2) what the contract's transaction would fail on."""
     if migration is None:
         return
-    if not conn.execute("SELECT to_regclass('django_migrations') IS NOT NULL").fetchone()[0]:
+    if not table_exists(conn, "django_migrations"):
         raise ConfigError("--record-django-migration: this database has no django_migrations table; "
                           "nothing changed")
     app, name = migration
@@ -47,7 +48,7 @@ def check(conn: psycopg.Connection, migration: Optional[tuple[str, str]]) -> Non
 
 
 def recorded(conn: psycopg.Connection, migration: Optional[tuple[str, str]]) -> bool:
-    if migration is None or not conn.execute("SELECT to_regclass('django_migrations') IS NOT NULL").fetchone()[0]:
+    if migration is None or not table_exists(conn, "django_migrations"):
         return False
     return conn.execute("SELECT EXISTS (SELECT 1 FROM django_migrations WHERE app = %s AND name = %s)",
                         migration).fetchone()[0]
