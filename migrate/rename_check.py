@@ -35,7 +35,7 @@ TASKS_PER_READ = 1000  # changed tasks read at a time (keyset pages: memory stay
 MAX_IN_FLIGHT = 4000  # moves submitted and not yet recorded, as in the main pass
 
 # Outcomes that mean the check found something to do (not a key already in place).
-NEW_WORK = (MoveOutcome.MOVED, MoveOutcome.COPIED, MoveOutcome.RESTORED, MoveOutcome.HALF_DONE_COMPLETED)
+NEW_WORK = (MoveOutcome.MOVED, MoveOutcome.COPIED, MoveOutcome.RESTORED, MoveOutcome.ALREADY_MOVED)
 
 CHANGED_TASKS_SQL = """
 SELECT id, id::text AS task, workflow_id::text, run, state FROM ponos_task

@@ -57,7 +57,7 @@ INSPECT_AUTO, INSPECT_ALWAYS = "auto", "always"
 
 class MoveOutcome(enum.Enum):
     MOVED = "moved"
-    HALF_DONE_COMPLETED = "already_moved"  # its copy was already there (a killed run's): source now deleted
+    ALREADY_MOVED = "already_moved"        # its copy was already there (a killed run's): source now deleted
     CONFLICT = "conflicts"                 # another object holds the new key, or the source changed: both kept
     FAILED = "failed"
     ARCHIVED = "archived"                  # not copyable until restored
@@ -92,7 +92,7 @@ class Mode:
     delete_when_same: bool
 
 
-MOVE = Mode("move", MoveOutcome.MOVED, True, MoveOutcome.HALF_DONE_COMPLETED, True)
+MOVE = Mode("move", MoveOutcome.MOVED, True, MoveOutcome.ALREADY_MOVED, True)
 COPY = Mode("copy", MoveOutcome.COPIED, False, MoveOutcome.ALREADY_COPIED, False)
 # The rename's way back: the "source" is a new key, the destination its legacy key.
 RESTORE = Mode("restore", MoveOutcome.RESTORED, False, MoveOutcome.COPY_REMOVED, True)
