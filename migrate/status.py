@@ -153,6 +153,9 @@ class MigrationStatus:
 def read_status(context, options: StatusOptions) -> MigrationStatus:
     """Every fact, read only. ConfigError for what is not a Ponos database or bucket."""
     conn = context.db
+    # Read only by construction: a statement that would write fails instead (the fold's own
+    # step checks are asked here, and they must stay questions).
+    conn.execute("SET default_transaction_read_only = on")
     passes = keys.bucket_passes(options.artifacts_bucket, options.logs_bucket)
     state = schema.schema_state(conn)
     if state == schema.UNKNOWN:
@@ -212,7 +215,7 @@ def database_facts(conn, state: str, runs: list[ledger.Run]) -> DatabaseFacts:
     facts.mapping_table = mapping_table(conn)
     if state != schema.FOLDED:
         facts.orphans_refused = orphan_workflows(conn)
-        facts.legacy_unfinished = legacy_unfinished(conn, state)
+        facts.legacy_unfinished = legacy_unfinished(conn)
     facts.orphans_recorded = _count_if_table(conn, FOLD_DELETED_TABLE)
     facts.replica_lag_seconds = replica_lag(conn)
     return facts
@@ -286,15 +289,16 @@ def orphan_workflows(conn) -> int:
                         "(SELECT 1 FROM process_process p WHERE p.workflow_id = w.id)").fetchone()[0]
 
 
-def legacy_task_filter(state: str) -> str:
+def legacy_task_filter(conn) -> str:
     """Tasks the legacy release wrote: in the expanded schema a new-release task's workflow
-    is the one its trigger made, with the process's own id; a legacy workflow has its own."""
-    return "workflow_id IS NOT NULL" + (" AND workflow_id IS DISTINCT FROM process_id" if state == schema.PARTIAL
-                                        else "")
+    is the one its trigger made, with the process's own id; a legacy workflow has its own.
+    (Half rolled back, process_id may be gone already: then every task is the legacy's.)"""
+    expanded = schema.column_exists(conn, "ponos_task", "process_id")
+    return "workflow_id IS NOT NULL" + (" AND workflow_id IS DISTINCT FROM process_id" if expanded else "")
 
 
-def legacy_unfinished(conn, state: str) -> int:
-    return conn.execute(f"SELECT count(*) FROM ponos_task WHERE {legacy_task_filter(state)} "
+def legacy_unfinished(conn) -> int:
+    return conn.execute(f"SELECT count(*) FROM ponos_task WHERE {legacy_task_filter(conn)} "
                         "AND state = ANY(%s)", (list(UNFINISHED_STATES),)).fetchone()[0]
 
 
@@ -344,7 +348,7 @@ def pass_of(run: ledger.Run, bucket: str) -> Pass:
 def changed_since(conn, checked_at: str) -> int:
     """Legacy tasks unfinished, or created or changed since the copy's check: what a catch-up
     would look up (migrate.rename_check), the new release's tasks aside."""
-    return conn.execute(f"SELECT count(*) FROM ponos_task WHERE {legacy_task_filter(schema.PARTIAL)} "
+    return conn.execute(f"SELECT count(*) FROM ponos_task WHERE {legacy_task_filter(conn)} "
                         "AND (state = ANY(%(unfinished)s) OR created >= %(since)s OR updated >= %(since)s)",
                         {"since": checked_at, "unfinished": list(UNFINISHED_STATES)}).fetchone()[0]
 
