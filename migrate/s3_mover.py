@@ -152,27 +152,41 @@ class PermissionStreak:
 
 class ObjectMover:
     def __init__(self, context, bucket: str, capabilities: BucketCapabilities, options: MoverOptions):
-        self.bucket = bucket
         self.client = context.s3
         self.retrier = context.retrier
         self.options = options
         self.caps = capabilities
-        self.guarded = capabilities.conditional_copy
         # obstore only where it gives the same guarantees as boto3 here.
         self.store = (context.object_store(bucket, concurrency=options.workers,
                                            conditional=capabilities.obstore_conditional_copy)
                       if capabilities.obstore_exact and capabilities.obstore_conditional_copy == self.guarded
                       else None)
-        self.inspect_all = options.inspect == INSPECT_ALWAYS or capabilities.sse_may_vary
         self.deletes = None if options.dry_run else delete_buffer(
             context, bucket, conditional=capabilities.conditional_delete)
         # The server copies over what exists: the run keeps its own claims (a rollback writes
         # each legacy key from exactly one new key, and always looks first).
         self.claims = None if self.guarded or options.mode is RESTORE else (options.claims or Claims())
-        self.unguarded_delete = not capabilities.conditional_delete and not capabilities.versioned
         self.permissions = PermissionStreak()
         self.fatal: Optional[BaseException] = None  # what stops the run, once something did
         self._pool = WorkerPool(options.workers, f"move-{bucket}")
+
+    @property
+    def bucket(self) -> str:
+        return self.caps.bucket
+
+    @property
+    def guarded(self) -> bool:
+        """The server refuses a copy over an existing key by itself (If-None-Match honoured)."""
+        return self.caps.conditional_copy
+
+    @property
+    def inspect_all(self) -> bool:
+        return self.options.inspect == INSPECT_ALWAYS or self.caps.sse_may_vary
+
+    @property
+    def unguarded_delete(self) -> bool:
+        """Deletes cannot be made conditional: a HEAD right before one proves the source unchanged."""
+        return not self.caps.conditional_delete and not self.caps.versioned
 
     # --- the public side -----------------------------------------------------------
     def submit(self, source: ObjectInfo, new_key: str, *, check_destination: bool) -> "Future[MoveResult]":
