@@ -111,6 +111,8 @@ def test_the_forward_runbook_step_by_step(world):
     found = step(world, "contracted", "ponos-migrate verify")
     assert found["next"]["rollback"] is None
     assert all(b["legacy"]["method"] == "none" for b in found["buckets"])  # no workflow ids left to sample
+    counted = status(world, "--exact")  # but every key can be listed
+    assert all(b["legacy"]["method"] == "exact" and b["legacy"]["objects_left"] == 0 for b in counted["buckets"])
     run_printed(found["next"]["command"], secret)
 
     found = status(world, "--expect", "contracted")
