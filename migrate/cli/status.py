@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -19,12 +18,10 @@ from ..status import PHASES, StatusOptions, read_status
 
 
 def _buckets(artifacts_bucket, logs_bucket) -> tuple[str, str]:
-    artifacts = artifacts_bucket or os.environ.get("PONOS_ARTIFACTS_BUCKET")
-    logs = logs_bucket or os.environ.get("PONOS_LOGS_BUCKET")
-    if not artifacts or not logs:
+    if not artifacts_bucket or not logs_bucket:  # both: status reports the runbook of the pair
         raise ConfigError("--artifacts-bucket and --logs-bucket are required "
                           "(or PONOS_ARTIFACTS_BUCKET and PONOS_LOGS_BUCKET)")
-    return artifacts, logs
+    return artifacts_bucket, logs_bucket
 
 
 @click.command("status")
