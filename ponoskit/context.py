@@ -67,9 +67,7 @@ class Context:
         line saying so meanwhile; past it, :class:`ServiceUnreachable` (exit 75). Only for
         statements a job can simply repeat, on the job's own autocommit connection (a session
         lock or a transaction would not survive the new connection)."""
-        retrier = self.retrier
-        first_failure, attempt, token = None, 0, None
-        try:
+        with _Outage(self.retrier, self.report.waits, what) as outage:
             while True:
                 try:
                     return fn(self.db)
@@ -77,20 +75,9 @@ class Context:
                     if isinstance(exc, psycopg.Error) and not pg_is_transient(exc):
                         raise
                     failure = exc
-                now = time.monotonic()
-                first_failure = now if first_failure is None else first_failure
                 self._drop_db()
-                if retrier.stopping.is_set() or now - first_failure >= retrier.deadline:
-                    raise ServiceUnreachable(f"PostgreSQL ({what}) kept failing for {now - first_failure:.0f}s "
-                                             f"({_one_line(failure)}); run again to resume") from None
-                if token is None:
-                    token = self.report.waits.begin("PostgreSQL", what, "", _one_line(failure), retrier.deadline)
-                else:
-                    self.report.waits.update(token, _one_line(failure))
-                time.sleep(retrier.pause(attempt))
-                attempt += 1
-        finally:
-            self.report.waits.end(token)
+                outage.check(failure)
+                outage.wait(failure)
 
     def resuming(self, what: str, run: Callable[[], Any]) -> Any:
         """``run()``, and again from its last safe point each time the database session is lost
@@ -101,8 +88,7 @@ class Context:
         that :meth:`with_db` could not carry to a new connection: ``run`` takes it again. A
         database out of reach from the start is not waited for (exit 75 at once, as before).
         """
-        retrier, first_loss, attempt, token = self.retrier, None, 0, None
-        try:
+        with _Outage(self.retrier, self.report.waits, what) as outage:
             while True:
                 opened_before, started = self._db_opened, time.monotonic()
                 try:
@@ -111,24 +97,14 @@ class Context:
                     lost = pg_connection_lost(exc)
                     if lost is None or not (opened_before or self._db_opened):
                         raise
-                now = time.monotonic()
-                if first_loss is None or now - started >= retrier.deadline:
-                    first_loss = now  # a new outage, not the same one going on
                 self._drop_db()
-                if retrier.stopping.is_set() or now - first_loss >= retrier.deadline:
-                    raise ServiceUnreachable(f"PostgreSQL ({what}) kept failing for {now - first_loss:.0f}s "
-                                             f"({_one_line(lost)}); run again to resume") from None
+                # A run that went on longer than the deadline before losing its session again
+                # meets a new outage, not the same one going on.
+                outage.check(lost, new=time.monotonic() - started >= self.retrier.deadline)
                 self.report.count("database_sessions_lost")
                 self.log.warning("%s: the database session was lost (%s); resuming from the last safe point",
                                  what, _one_line(lost))
-                if token is None:
-                    token = self.report.waits.begin("PostgreSQL", what, "", _one_line(lost), retrier.deadline)
-                else:
-                    self.report.waits.update(token, _one_line(lost))
-                time.sleep(retrier.pause(attempt))
-                attempt += 1
-        finally:
-            self.report.waits.end(token)
+                outage.wait(lost)
 
     def _drop_db(self) -> None:
         conn = self.__dict__.pop("db", None)
@@ -245,6 +221,40 @@ class Context:
     def __exit__(self, *exc) -> bool:
         self.close()
         return False
+
+
+class _Outage:
+    """One PostgreSQL outage as a job waits it out: since when, the progress line's "waiting
+    for PostgreSQL", the pause between attempts; past --retry-deadline, ServiceUnreachable."""
+
+    def __init__(self, retrier: Retrier, waits, what: str):
+        self.retrier, self.waits, self.what = retrier, waits, what
+        self.since: Optional[float] = None
+        self.attempt = 0
+        self.token = None
+
+    def __enter__(self) -> "_Outage":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.waits.end(self.token)
+
+    def check(self, failure: BaseException, *, new: bool = False) -> None:
+        """Raise ServiceUnreachable (exit 75) once the outage outlasted the deadline."""
+        now = time.monotonic()
+        if self.since is None or new:
+            self.since = now
+        if self.retrier.stopping.is_set() or now - self.since >= self.retrier.deadline:
+            raise ServiceUnreachable(f"PostgreSQL ({self.what}) kept failing for {now - self.since:.0f}s "
+                                     f"({_one_line(failure)}); run again to resume") from None
+
+    def wait(self, failure: BaseException) -> None:
+        if self.token is None:
+            self.token = self.waits.begin("PostgreSQL", self.what, "", _one_line(failure), self.retrier.deadline)
+        else:
+            self.waits.update(self.token, _one_line(failure))
+        time.sleep(self.retrier.pause(self.attempt))
+        self.attempt += 1
 
 
 def _one_line(exc: BaseException) -> str:
