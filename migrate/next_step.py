@@ -79,8 +79,8 @@ def forward(status: "st.MigrationStatus", where: Where) -> NextStep:
         due = sum(facts.changed_since_check or 0 for facts in status.buckets)
         return NextStep(rename(where, "--phase", "copy", "--checkpoint", copy_checkpoint(status)),
                         "deploy the new release; once the legacy pods are gone, the last catch-up"
-                        + (f" ({due} legacy task(s) unfinished or changed since the last check)" if due else ""),
-                        legacy_writers(database) + pass_problems(status))
+                        + (f" ({due} legacy task(s) unfinished or changed since the last check)" if due else "")
+                        + sharded(status), legacy_writers(database) + pass_problems(status))
     if phase == st.CAUGHT_UP:
         return NextStep(rename(where, "--phase", "delete"),
                         "contract the buckets: delete each legacy object whose copy is the same",
@@ -137,9 +137,18 @@ def way_back(status: "st.MigrationStatus", where: Where) -> Optional[str]:
 
 
 def copy_checkpoint(status: "st.MigrationStatus") -> str:
-    """The checkpoint the last copy used (a catch-up needs it), else the runbook's name."""
+    """The checkpoint the last copy used (a catch-up needs it), else the runbook's name. A
+    sharded copy has one per shard: the command printed is the one-process form, and the note
+    says to run the shards again instead."""
     return next((facts.passes["copy"].checkpoint for facts in status.buckets
                  if "copy" in facts.passes and facts.passes["copy"].checkpoint), DEFAULT_COPY_CHECKPOINT)
+
+
+def sharded(status: "st.MigrationStatus") -> str:
+    copies = [facts.passes["copy"] for facts in status.buckets if "copy" in facts.passes]
+    shards = max((found.shards for found in copies), default=1)
+    return (f"; the copy ran on {shards} shards: to catch up cheaply, run each shard again with its --shard I/"
+            f"{shards} and its own --checkpoint") if shards > 1 else ""
 
 
 def keep_option(database: "st.DatabaseFacts") -> tuple[str, ...]:

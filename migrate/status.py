@@ -80,6 +80,7 @@ class Pass:
     counts: dict[str, int]
     left: int  # conflicts, failures and the like: what keeps the pass from being done
     buckets: list[str] = field(default_factory=list)  # the run's buckets: its counts are theirs together
+    shards: int = 1  # --shard I/N: the N shards' last runs together (each has its own checkpoint)
     checkpoint: Optional[str] = None
     checked_at: Optional[str] = None  # its final check: what changed after it is the catch-up's
     catch_up: bool = False
@@ -325,14 +326,47 @@ def bucket_facts(conn, bucket_pass: keys.BucketPass, runs: list[ledger.Run], dat
     roles = [role for role, held in (("artifacts", bucket_pass.artifacts), ("logs", bucket_pass.logs)) if held]
     facts = BucketFacts(bucket_pass.bucket, roles)
     renames = [run for run in runs if run.job == "s3-rename" and bucket_pass.bucket in run.buckets]
-    for run in renames:  # newest first
-        found = pass_of(run, bucket_pass.bucket)
-        facts.passes.setdefault(found.phase, found)
-        facts.latest = facts.latest or found
+    for phase in dict.fromkeys(run.phase or "all" for run in renames):  # newest first
+        facts.passes[phase] = pass_of_phase([run for run in renames if (run.phase or "all") == phase],
+                                            bucket_pass.bucket)
+    facts.latest = facts.passes[renames[0].phase or "all"] if renames else None
     copy = facts.passes.get("copy")
     if copy is not None and copy.checked_at and database.state in (EXPANDED, EXPANDING):
         facts.changed_since_check = changed_since(conn, copy.checked_at)
     return facts
+
+
+def _shard_of(run: ledger.Run) -> tuple[int, int]:
+    index, _, count = str(run.info.get("shard") or "0/1").partition("/")
+    return int(index), int(count or 1)
+
+
+def pass_of_phase(runs: list[ledger.Run], bucket: str) -> Pass:
+    """A phase's last pass (runs newest first): with --shard I/N, the last run of each of the
+    N shards together; a shard never recorded leaves the pass unfinished."""
+    count = _shard_of(runs[0])[1]
+    per_shard: dict[int, ledger.Run] = {}
+    for run in runs:
+        index, of = _shard_of(run)
+        if of == count:
+            per_shard.setdefault(index, run)
+    passes = [pass_of(run, bucket) for run in per_shard.values()]
+    if count == 1:
+        return passes[0]
+    missing = count - len(per_shard)
+    worst = max(passes, key=lambda found: found.exit_code)
+    counts: dict[str, int] = {}
+    for found in passes:
+        for name, n in found.counts.items():
+            counts[name] = counts.get(name, 0) + n
+    checks = [found.checked_at for found in passes]
+    return Pass(phase=passes[0].phase, started=min(found.started for found in passes),
+                ended=max(found.ended for found in passes),
+                status=f"{missing} of {count} shards not recorded" if missing else worst.status,
+                exit_code=1 if missing and not worst.exit_code else worst.exit_code, counts=counts,
+                left=sum(found.left for found in passes), buckets=passes[0].buckets, shards=count,
+                checked_at=None if missing or None in checks else min(checks),
+                catch_up=all(found.catch_up for found in passes))
 
 
 def pass_of(run: ledger.Run, bucket: str) -> Pass:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shlex
 import uuid
+from datetime import datetime, timezone
 
 import psycopg
 import pytest
@@ -20,7 +21,7 @@ from psycopg.conninfo import make_conninfo
 
 from migrate import legacy_estimate
 from migrate.cli import main as migrate_main
-from migrate.status import StatusOptions, read_status
+from migrate.status import StatusOptions, pass_of_phase, read_status
 from ponos_dev import seed
 from ponos_dev.naive_fold import naive_fold
 from ponoskit import keys, ledger
@@ -263,6 +264,24 @@ def test_the_ledger_keeps_no_secret_and_absolute_paths(tmp_path, monkeypatch):
     assert "dsn" not in kept and "shard" not in kept and "key@" not in kept["endpoint_url"]
     assert kept["checkpoint"] == str(tmp_path / "copy.checkpoint") and kept["report_path"] == "-"
     assert kept["rollback"] is False and kept["workers"] == 8 and kept["record_django_migration"] == ["ponos", "0042_x"]
+
+
+def _rename_run(shard: str, minute: int, exit_code: int = 0, checked: str = "2026-01-01T00:00:00+00:00"):
+    moment = datetime(2026, 1, 1, 12, minute, tzinfo=timezone.utc)
+    return ledger.Run("s3-rename", "copy", moment, moment, "done" if exit_code == 0 else "left", exit_code,
+                      {"copied": 10, "conflicts": 1 - (exit_code == 0)},
+                      {"buckets": ["b"], "shard": shard, "checks": [{"bucket": "b", "checked_at": checked}]})
+
+
+def test_a_sharded_pass_is_its_shards_last_runs_together():
+    only_one = pass_of_phase([_rename_run("0/2", 5)], "b")
+    assert not only_one.done and only_one.status == "1 of 2 shards not recorded" and only_one.checked_at is None
+    both = pass_of_phase([_rename_run("1/2", 6, checked="2026-01-01T00:02:00+00:00"), _rename_run("0/2", 5),
+                          _rename_run("1/2", 1, exit_code=1)], "b")  # shard 1's failure is older: run again
+    assert both.done and both.shards == 2 and both.counts == {"copied": 20}
+    assert both.checked_at == "2026-01-01T00:00:00+00:00"  # the earliest check: what changed after it is due
+    failed = pass_of_phase([_rename_run("1/2", 6, exit_code=1), _rename_run("0/2", 5)], "b")
+    assert not failed.done and failed.left == 1
 
 
 # --- bad input -------------------------------------------------------------------------
