@@ -14,7 +14,7 @@ The phases, in the zero-downtime runbook's order (``--expect`` gates on them):
                       ``rolled-back`` once a rollback took everything away again)
   expanded            the expand is whole: sync triggers live, both releases can run
   copied              every bucket's ``s3-rename --phase copy`` passed (exit 0)
-  caught-up           and a later catch-up passed, with no legacy write since its check
+  caught-up           and a later catch-up passed, no legacy task unfinished or written since
   contracted-buckets  every bucket's ``s3-rename --phase delete`` passed
   contracted          the fold's contract ran: the legacy shape is gone
 """
@@ -41,7 +41,6 @@ COPIED, CAUGHT_UP, CONTRACTED_BUCKETS = "copied", "caught-up", "contracted-bucke
 # --expect's order; a database still expanding or rolled back counts as legacy.
 PHASES = (LEGACY, EXPANDED, COPIED, CAUGHT_UP, CONTRACTED_BUCKETS, CONTRACTED)
 RANK = {**{phase: rank for rank, phase in enumerate(PHASES)}, EXPANDING: 0, ROLLED_BACK: 0}
-RENAME_PHASES = ("copy", "delete", "all", "rollback")
 PROBLEM_COUNTS = ("conflicts", "failed", "undecided", "archived", "legacy_appearing")
 CLEANUP_OUTBOX = "ponos_cleanup_outbox"
 
@@ -64,7 +63,7 @@ class DatabaseFacts:
     django_migration: str = "unknown"
     mapping_table: str = "not kept"
     orphans_refused: Optional[int] = None  # workflows no process points at (the fold refuses them)
-    orphans_recorded: int = 0  # tasks the fold deleted and recorded for the cleanup
+    orphans_recorded: Optional[int] = None  # tasks the fold deleted and recorded for the cleanup (None: no table)
     replica_lag_seconds: Optional[float] = None  # None: the role cannot read it
     legacy_unfinished: int = 0  # tasks of the legacy release still running: its pods still write
 
