@@ -120,7 +120,8 @@ def after_contract(status: "st.MigrationStatus", where: Where) -> NextStep:
 
 def backward(status: "st.MigrationStatus", where: Where) -> NextStep:
     if status.phase == st.ROLLED_BACK:
-        return NextStep(None, "rolled back: the legacy shape alone, every object at its legacy key")
+        return NextStep(None, "rolled back: the legacy shape alone, every object at its legacy key; to start "
+                              f"again: {fold('--phase', 'expand')}")
     if any(facts.passes and not facts.rolled_back for facts in status.buckets):
         return NextStep(rename(where, "--rollback"), "stop the new release's pods first; then give the legacy "
                         "release every object back", pass_problems(status, "rollback"))

@@ -171,7 +171,7 @@ def read_status(context, options: StatusOptions) -> MigrationStatus:
         facts.legacy = estimates.get(facts.bucket)
     status = MigrationStatus(overall_phase(database, buckets), database, buckets, cleanup_facts(conn, runs),
                              ledger_summary(conn, runs))
-    status.intent = intent(runs, buckets)
+    status.intent = intent(runs)
     status.verified = verified_since(runs, buckets)
     return status
 
@@ -395,12 +395,10 @@ def overall_phase(database: DatabaseFacts, buckets: list[BucketFacts]) -> str:
     return EXPANDED
 
 
-def intent(runs: list[ledger.Run], buckets: list[BucketFacts]) -> str:
-    """rollback when the operator started one (the last fold or rename run was one)."""
+def intent(runs: list[ledger.Run]) -> str:
+    """rollback while the operator is rolling back: the last fold or rename run was a rollback."""
     moves = [run for run in runs if run.job in ("db-fold-workflow", "s3-rename")]
-    if moves and moves[0].phase == "rollback":
-        return "rollback"
-    return "rollback" if any(facts.rolled_back for facts in buckets) else "forward"
+    return "rollback" if moves and moves[0].phase == "rollback" else "forward"
 
 
 def verified_since(runs: list[ledger.Run], buckets: list[BucketFacts]) -> bool:

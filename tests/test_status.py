@@ -142,6 +142,9 @@ def test_the_rollback_runbook_step_by_step(world):
     found = status(world, "--expect", "legacy")
     assert found["phase"] == "rolled-back" and found["next"]["command"] is None
     status(world, "--expect", "expanded", code=1)
+    run_printed(found["next"]["note"].split("to start again: ")[1], secret)  # and forward again
+    found = step(world, "expanded", "--phase copy")
+    assert found["intent"] == "forward" and not any(b["copied"] for b in found["buckets"])
 
 
 def test_what_blocks_the_next_step_is_said(world):
