@@ -27,6 +27,10 @@ from ponos_dev import local, rgw, seed
 from ponoskit.connections import S3Settings
 from ponoskit.context import Context
 
+# Fixtures shared by several test modules live in fixtures modules, registered here (a test
+# module never imports another's); their plain helpers are imported from them.
+pytest_plugins = ["tests.fixtures.cleanup", "tests.fixtures.fold", "tests.fixtures.rename"]
+
 
 def pytest_configure(config):
     # pytest keeps the last three basetemp folders of *any* session and deletes older ones,
@@ -65,22 +69,73 @@ def _s3_implementations() -> list[str]:
     return chosen
 
 
-# Where Ceph RGW's answers differ from the other two: what S3 does to an object (copies,
-# conditions, deletes, markers, capabilities, the cleanup's deletes, exit codes). The long
-# runs that only repeat those calls (20 SIGKILLs, the two-release runbooks, the cleanup's
-# resilience) run on SeaweedFS and moto; PONOS_TEST_RGW=all runs every S3 test on RGW too.
-RGW_MODULES = {"test_s3_never_lose", "test_s3_production", "test_s3_capabilities", "test_s3_rename",
-               "test_cleanup_s3_production", "test_cleanup", "test_verify", "test_exit_codes",
-               "test_rgw_harness", "test_foundation_smoke"}
+# Which servers run which S3 tests. SeaweedFS (a real server, its own listing order, honours
+# If-None-Match) runs every one. moto (AWS's semantics: byte-order listings, a plain copy resets
+# the storage class, objects keep their own SSE-KMS key, no If-None-Match on copies) and Ceph RGW
+# (the gaps DESIGN.md lists) run the modules where their answers differ: what S3 does to an
+# object (listings, copies, conditions, deletes, folder markers, versions, storage classes,
+# encryption, capabilities, error answers and exit codes, the cleanup's deletes and request
+# counts). What only drives the same calls again runs on SeaweedFS alone: the SIGKILL chaos,
+# the two-release runbooks, the operations' CLI plumbing (metrics, SIGTERM, progress lines),
+# the cleanup's resilience, and, marked ``pytest.mark.s3_servers("seaweedfs")`` one by one,
+# the tests whose faults are the proxy's (injected refusals, slowdowns, outages, 200s that are
+# errors), whose subject is the database (a session killed, a failover) or a checkpoint's
+# identity: their S3 requests are those of the tests above. A test's own marker wins over its
+# module's entry; every module that uses S3 is listed (a new one fails the collection until it
+# is). PONOS_TEST_S3_EVERYWHERE=1 (or PONOS_TEST_RGW=all) runs every S3 test on every server;
+# when PONOS_TEST_S3 picks none of a test's servers, it runs on the first one picked.
+EVERY_SERVER = ("seaweedfs", "moto", "rgw")
+S3_SERVERS_BY_MODULE = {
+    "test_s3_never_lose": EVERY_SERVER,
+    "test_s3_production": EVERY_SERVER,
+    "test_s3_capabilities": EVERY_SERVER,
+    "test_s3_rename": EVERY_SERVER,
+    "test_verify": EVERY_SERVER,
+    "test_exit_codes": EVERY_SERVER,
+    "test_foundation_smoke": EVERY_SERVER,
+    "test_rgw_harness": ("rgw",),
+    "cleanup.test_s3": EVERY_SERVER,
+    "cleanup.test_scope": EVERY_SERVER,
+    "cleanup.test_dry_run": ("seaweedfs", "moto"),
+    "cleanup.test_orphans": ("seaweedfs", "moto"),
+    "cleanup.test_fold_leftovers": ("seaweedfs", "moto"),
+    "test_cli_before_any_change": ("seaweedfs", "moto"),
+    "cleanup.test_resilience": ("seaweedfs",),
+    "test_chaos": ("seaweedfs",),
+    "test_zero_downtime": ("seaweedfs",),
+    "test_operations": ("seaweedfs",),
+    "test_demo": ("seaweedfs",),
+}
+
+
+def _module_key(item) -> str:
+    return item.module.__name__.removeprefix("tests.")
+
+
+def _servers_of(item) -> tuple[str, ...]:
+    marker = item.get_closest_marker("s3_servers")
+    if marker is not None:
+        return marker.args
+    key = _module_key(item)
+    if key not in S3_SERVERS_BY_MODULE:
+        raise pytest.UsageError(f"{item.nodeid}: tests/conftest.py's S3_SERVERS_BY_MODULE does not say which S3 "
+                                f"servers {key!r} runs on (or mark the test with pytest.mark.s3_servers)")
+    return S3_SERVERS_BY_MODULE[key]
 
 
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("PONOS_TEST_RGW") == "all":
+    if os.environ.get("PONOS_TEST_S3_EVERYWHERE") or os.environ.get("PONOS_TEST_RGW") == "all":
         return
+    chosen = _s3_implementations()
     kept, dropped = [], []
     for item in items:
-        on_rgw = getattr(item, "callspec", None) is not None and item.callspec.params.get("s3_server") == "rgw"
-        (dropped if on_rgw and item.module.__name__.rsplit(".", 1)[-1] not in RGW_MODULES else kept).append(item)
+        server = item.callspec.params.get("s3_server") if getattr(item, "callspec", None) else None
+        if server is not None and server != "external":
+            wanted = [name for name in chosen if name in _servers_of(item)] or chosen[:1]
+            if server not in wanted:
+                dropped.append(item)
+                continue
+        kept.append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
@@ -126,21 +181,33 @@ def fault_proxy(s3_server):
         yield proxy
 
 
+@pytest.fixture(scope="session")
+def legacy_template(pg_admin_dsn):
+    """A database holding the empty legacy schema, for ``make_database`` to copy: CREATE DATABASE
+    ... TEMPLATE takes 0.03 s where loading the schema into an empty database takes 0.15 s."""
+    name = f"t_template_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    with psycopg.connect(make_conninfo(pg_admin_dsn, dbname=name), autocommit=True) as conn:
+        seed.load_legacy_schema(conn)
+    yield name
+    with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
-def make_database(pg_admin_dsn):
-    """Create empty databases on demand; drop them after the test."""
+def make_database(pg_admin_dsn, legacy_template):
+    """Create databases on demand, empty or holding the legacy schema (a copy of
+    ``legacy_template``); drop them after the test."""
     created = []
 
     def make(schema: str | None = "legacy") -> str:
         name = f"t_{uuid.uuid4().hex[:12]}"
+        template = f' TEMPLATE "{legacy_template}"' if schema == "legacy" else ""
         with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
+            admin.execute(f'CREATE DATABASE "{name}"{template}')
         created.append(name)
-        dsn = make_conninfo(pg_admin_dsn, dbname=name)
-        if schema == "legacy":
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                seed.load_legacy_schema(conn)
-        return dsn
+        return make_conninfo(pg_admin_dsn, dbname=name)
 
     yield make
     with psycopg.connect(pg_admin_dsn, autocommit=True) as admin:
@@ -203,15 +270,6 @@ def make_bucket(context_factory):
             ctx.s3.delete_bucket(Bucket=name)
         except ctx.s3.exceptions.ClientError:
             pass  # a test server's leftovers die with it
-
-
-def list_keys(s3, bucket: str) -> dict[str, dict]:
-    """Every object of a bucket: key -> {size, etag}."""
-    found = {}
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        for obj in page.get("Contents", []):
-            found[obj["Key"]] = {"size": obj["Size"], "etag": obj["ETag"]}
-    return found
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 The jobs go through the fault proxy (tests/faultproxy.py) or are killed at random moments;
 the state is always checked with the fixtures' direct clients, against what the data says it
-must be (expected_moves / assert_moved of tests/test_s3_rename.py, expected_state /
-expected_listing of tests/test_cleanup_fixtures.py), never against numbers written here.
+must be (expected_moves / assert_moved of tests/fixtures/rename.py, expected_state /
+expected_listing of tests/fixtures/cleanup.py), never against numbers written here.
 """
 
 from __future__ import annotations
@@ -22,9 +22,12 @@ import pytest
 from ponoskit import keys
 from ponoskit.s3.listing import timestamp
 from ponos_dev.seed import SeedSpec
-from tests.conftest import list_keys
-from tests.test_cleanup_fixtures import Folded, expected_state, maint_command, make_folded, run_cli  # noqa: F401
-from tests.test_s3_rename import _cli, assert_moved, bigger, expected_moves, rename  # noqa: F401 - fixture
+from tests.helpers import list_keys
+from tests.fixtures.cleanup import Folded, expected_state, maint_command, make_folded
+from tests.fixtures.rename import assert_moved, cli_command, expected_moves, rename
+
+# Every test here runs jobs again and again through faults or SIGKILLs: slow (scripts/test --fast leaves them out).
+pytestmark = pytest.mark.slow
 
 RENAME_OPERATIONS = ("CopyObject", "DeleteObjects", "DeleteObject", "HeadObject", "ListObjectsV2")
 CLEANUP_OPERATIONS = ("ListObjectsV2", "DeleteObjects", "DeleteObject")
@@ -394,7 +397,7 @@ def test_rename_sigkill_20_times_then_resume_is_exact(rename_case, proxy, s3_env
     case = rename_case
     checkpoint = tmp_path / "rename.checkpoint"
     # Through the proxy, healthy: it tells when the job starts and where it is.
-    command = _cli("s3-rename", "--endpoint-url", proxy.endpoint,
+    command = cli_command("s3-rename", "--endpoint-url", proxy.endpoint,
                    *case.args("--checkpoint", str(checkpoint), "--workers", "2"))
     env = {**os.environ, **s3_env}
     moves = proxy.add("hook", action=lambda: None, operations=("CopyObject",), skip_key=keys.CANARY_PREFIX)

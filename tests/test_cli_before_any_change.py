@@ -13,7 +13,7 @@ from maint.cli import main as maint_main
 from migrate.cli import main as migrate_main
 from ponos_dev import seed
 from ponos_dev.naive_fold import naive_fold
-from tests.conftest import list_keys
+from tests.helpers import list_keys
 
 COMMANDS = {
     "db-fold-workflow": (migrate_main, "legacy", False),

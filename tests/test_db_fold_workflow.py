@@ -12,7 +12,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,147 +21,18 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from click.testing import CliRunner
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
-from migrate.cli import main as cli_main
 from migrate.db_fold_workflow import FOLD_LOCK_KEY, KEPT_WORKFLOW_TABLE
 from migrate.fold.ddl import Ddl, LockPolicy
 from migrate.fold import consistency
-from migrate.fold.orphans import OUTBOX
 from ponoskit import keys, schema
 from ponos_dev import seed
-from ponos_dev.naive_fold import naive_fold
-
-REPO = Path(__file__).resolve().parents[1]
-FOLD_APP = "ponos-db-fold-workflow"  # the application_name of the fold's sessions
-SEED_NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
-TABLES = ["ponos_farm", "ponos_agent", "ponos_workflow", "process_process", "ponos_task", "ponos_task_parents",
-          "ponos_artifact", "ponos_gpu", "process_workerrun", "process_workeractivity", KEPT_WORKFLOW_TABLE, OUTBOX]
-
-
-# --- helpers ------------------------------------------------------------------------------
-
-def fold(dsn: str, *args: str):
-    """The command in-process; returns click's Result (exit_code, stdout, stderr)."""
-    return CliRunner().invoke(cli_main, ["db-fold-workflow", "--dsn", dsn, *args], catch_exceptions=False)
-
-
-def fold_process(dsn: str, *args: str) -> subprocess.Popen:
-    """The command as its own process, so it can be SIGKILLed."""
-    return subprocess.Popen(
-        [sys.executable, "-c", "from migrate.cli import entry; entry()", "db-fold-workflow", "--dsn", dsn, *args],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def connect(dsn: str) -> psycopg.Connection:
-    # No server-side prepared statements: like Django, and immune to plans cached across DDL.
-    return psycopg.connect(dsn, autocommit=True, prepare_threshold=None)
-
-
-def seeded_database(make_database, **spec) -> str:
-    dsn = make_database("legacy")
-    with connect(dsn) as conn:
-        seed.seed_database(conn, seed.SeedSpec(now=SEED_NOW, **spec))
-    return dsn
-
-
-def describe_schema(conn: psycopg.Connection) -> dict:
-    """Tables, columns, constraints (with validity), indexes (with validity), triggers, functions."""
-    def rows(query: str) -> list[tuple]:
-        return [tuple(row) for row in conn.execute(query)]
-    return {
-        "tables": rows("SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY 1"),
-        "columns": rows("SELECT table_name, column_name, ordinal_position, data_type, is_nullable, column_default "
-                        "FROM information_schema.columns WHERE table_schema = current_schema() ORDER BY 1, 3"),
-        "constraints": rows("SELECT conrelid::regclass::text, conname, contype::text, pg_get_constraintdef(oid), "
-                            "convalidated, condeferrable, condeferred FROM pg_constraint "
-                            "WHERE connamespace = current_schema()::regnamespace ORDER BY 1, 2"),
-        "indexes": rows("SELECT i.indrelid::regclass::text, i.indexrelid::regclass::text, "
-                        "pg_get_indexdef(i.indexrelid), i.indisvalid, i.indisready FROM pg_index i "
-                        "JOIN pg_class c ON c.oid = i.indexrelid "
-                        "WHERE c.relnamespace = current_schema()::regnamespace ORDER BY 1, 2"),
-        "triggers": rows("SELECT tgrelid::regclass::text, tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY 1, 2"),
-        "functions": rows("SELECT proname FROM pg_proc WHERE pronamespace = current_schema()::regnamespace ORDER BY 1"),
-    }
-
-
-def snapshot(dsn: str) -> dict:
-    """Schema and every row of every table (as text, sorted): equal snapshots, equal databases."""
-    with connect(dsn) as conn:
-        data = {}
-        for table in TABLES:
-            if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0]:
-                data[table] = conn.execute(sql.SQL(
-                    "SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) FROM {} t"
-                ).format(sql.Identifier(table))).fetchone()
-        return {"schema": describe_schema(conn), "data": data}
-
-
-def legacy_expectations(dsn: str) -> dict:
-    """What the fold must produce, read from the legacy tables before it runs."""
-    with connect(dsn) as conn:
-        return {
-            "task_process": dict(conn.execute(
-                "SELECT t.id, p.id FROM ponos_task t JOIN process_process p ON p.workflow_id = t.workflow_id")),
-            "process_columns": {row[0]: tuple(row[1:]) for row in conn.execute(
-                "SELECT p.id, w.farm_id, w.created, w.finished "
-                "FROM process_process p LEFT JOIN ponos_workflow w ON w.id = p.workflow_id")},
-            "tasks": conn.execute("SELECT count(*) FROM ponos_task").fetchone()[0],
-            "unstarted": {row[0] for row in conn.execute("SELECT id FROM process_process WHERE workflow_id IS NULL")},
-        }
-
-
-def assert_folded_as_expected(dsn: str, expected: dict) -> None:
-    with connect(dsn) as conn:
-        assert schema.schema_state(conn) == schema.FOLDED
-        assert dict(conn.execute("SELECT id, process_id FROM ponos_task")) == expected["task_process"]
-        columns = {row[0]: tuple(row[1:]) for row in conn.execute(
-            "SELECT id, farm_id, started, finished FROM process_process")}
-        assert columns == expected["process_columns"]
-        assert all(columns[p] == (None, None, None) for p in expected["unstarted"])
-        invalid = conn.execute(
-            "SELECT conname FROM pg_constraint WHERE NOT convalidated AND connamespace = current_schema()::regnamespace "
-            "UNION ALL SELECT indexrelid::regclass::text FROM pg_index WHERE NOT indisvalid").fetchall()
-        assert invalid == []
-
-
-def assert_second_run_changes_nothing(dsn: str, *args: str) -> None:
-    before = snapshot(dsn)
-    again = fold(dsn, *args)
-    assert again.exit_code == 0, again.output
-    assert snapshot(dsn) == before
-
-
-def fold_sessions(conn: psycopg.Connection, dbname: str) -> list[tuple]:
-    return conn.execute("SELECT pid, state, wait_event_type, query FROM pg_stat_activity "
-                        "WHERE application_name = %s AND datname = %s", (FOLD_APP, dbname)).fetchall()
-
-
-def wait_for(condition, timeout: float = 30.0, interval: float = 0.01, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = condition()
-        if found:
-            return found
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def dbname(dsn: str) -> str:
-    return conninfo_to_dict(dsn)["dbname"]
-
-
-@pytest.fixture
-def twins(make_database):
-    """Two databases seeded alike: one for the naive fold, one for ours."""
-    def make(**spec) -> tuple[str, str]:
-        naive, ours = seeded_database(make_database, **spec), seeded_database(make_database, **spec)
-        with connect(naive) as conn:
-            naive_fold(conn)
-        return naive, ours
-    return make
+from tests.fixtures.fold import (FOLD_APP, SEED_NOW, assert_folded_as_expected, assert_second_run_changes_nothing,
+                                 connect, dbname, describe_schema_of, fold, fold_process, fold_sessions,
+                                 legacy_expectations, make_orphans, seeded_database, snapshot, wait_for,
+                                 without_table)
 
 
 # --- the end state -----------------------------------------------------------------------
@@ -230,34 +100,7 @@ def test_keep_workflow_table_renames_it_aside_with_the_process_mapping(twins):
     assert_second_run_changes_nothing(ours, "--keep-workflow-table")
 
 
-def describe_schema_of(dsn: str) -> dict:
-    with connect(dsn) as conn:
-        return describe_schema(conn)
-
-
-def without_table(described: dict, table: str) -> dict:
-    return {kind: [row for row in rows if row[0] != table] for kind, rows in described.items()}
-
-
 # --- preflight -----------------------------------------------------------------------------
-
-def make_orphans(dsn: str) -> dict:
-    """A process that lost its workflow (its tasks become orphans) and a workflow with no tasks."""
-    with connect(dsn) as conn:
-        process_id, workflow_id = conn.execute(
-            "SELECT p.id, p.workflow_id FROM process_process p "
-            "WHERE (SELECT count(*) FROM ponos_task t WHERE t.workflow_id = p.workflow_id) >= 2 LIMIT 1").fetchone()
-        conn.execute("UPDATE process_process SET workflow_id = NULL WHERE id = %s", (process_id,))
-        farm = conn.execute("SELECT id FROM ponos_farm LIMIT 1").fetchone()[0]
-        empty_workflow = uuid.uuid4()
-        conn.execute("INSERT INTO ponos_workflow (id, farm_id, created, updated) VALUES (%s, %s, now(), now())",
-                     (empty_workflow, farm))
-        tasks = conn.execute("SELECT id, run FROM ponos_task WHERE workflow_id = %s", (workflow_id,)).fetchall()
-        artifacts = conn.execute("SELECT task_id, path FROM ponos_artifact WHERE task_id = ANY(%s)",
-                                 ([t for t, _ in tasks],)).fetchall()
-    return {"workflows": {str(workflow_id), str(empty_workflow)}, "workflow": workflow_id,
-            "tasks": {str(t): run for t, run in tasks}, "artifacts": artifacts}
-
 
 def test_orphans_are_refused_listed_and_nothing_changes(make_database, tmp_path):
     dsn = seeded_database(make_database, processes=20, seed=3)

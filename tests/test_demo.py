@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 from click.testing import CliRunner
 
 from migrate.cli import main
@@ -15,6 +16,7 @@ def table_row(output: str, name: str) -> list[str]:
     return line[len(name):].split()
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_again(tmp_path):
     for attempt in range(2):  # every run starts from scratch
         result = CliRunner().invoke(main, ["demo", "--processes", "15", "--workdir", str(tmp_path / "demo")],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import time
@@ -19,7 +18,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from maint.cli import main as maint_main
 from migrate.cli import main as migrate_main
 from ponoskit.runtime import EXIT_CODES, Status
-from tests.test_s3_rename import _cli, bigger  # noqa: F401 - a fixture
+from tests.fixtures.rename import cli_command
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 SECRET = "pw-s3cr3t-75"
@@ -76,6 +75,8 @@ def test_a_missing_bucket_is_refused_for_every_command(command, seeded, s3_env, 
         assert report["status"] == "refused" and report["exit_code"] == 2
 
 
+@pytest.mark.slow
+@pytest.mark.s3_servers("seaweedfs")
 def test_the_renames_database_session_terminated_mid_run_reconnects_and_finishes(bigger, s3_env, tmp_path,
                                                                                  fault_proxy):
     """What a failover or an admin's pg_terminate_backend does to the rename: it connects again
@@ -85,7 +86,7 @@ def test_the_renames_database_session_terminated_mid_run_reconnects_and_finishes
     args = ["s3-rename", "--artifacts-bucket", bigger["artifacts"], "--logs-bucket", bigger["logs"],
             "--dsn", bigger["dsn"], "--checkpoint", str(tmp_path / "rename.checkpoint"), "--workers", "4",
             "--progress-interval", "0"]
-    proc = subprocess.Popen(_cli(*args, "--endpoint-url", fault_proxy.endpoint, "--report", str(report)),
+    proc = subprocess.Popen(cli_command(*args, "--endpoint-url", fault_proxy.endpoint, "--report", str(report)),
                             env={**os.environ, **s3_env}, stderr=subprocess.PIPE, text=True)
     with psycopg.connect(bigger["dsn"], autocommit=True) as admin:
         deadline = time.monotonic() + 60
@@ -103,7 +104,7 @@ def test_the_renames_database_session_terminated_mid_run_reconnects_and_finishes
     assert written["counts"]["moved"] > 50 and not written["counts"].get("failed")
 
     fault_proxy.clear()  # the same endpoint: the checkpoint belongs to it
-    rerun = subprocess.run(_cli(*args, "--endpoint-url", fault_proxy.endpoint,
+    rerun = subprocess.run(cli_command(*args, "--endpoint-url", fault_proxy.endpoint,
                                 "--report", str(tmp_path / "again.json")),
                            env={**os.environ, **s3_env}, stderr=subprocess.PIPE, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
@@ -111,12 +112,14 @@ def test_the_renames_database_session_terminated_mid_run_reconnects_and_finishes
     assert again["status"] == "done" and not again["counts"].get("moved")
 
 
+@pytest.mark.slow
+@pytest.mark.s3_servers("seaweedfs")
 def test_a_database_that_stays_away_is_transient_past_the_deadline(bigger, s3_env, tmp_path, fault_proxy):
     """Every new session refused (a failover that does not end): the rename waits, says so,
     and stops with 75 at --retry-deadline, its checkpoint kept for the next run."""
     fault_proxy.add("slow", operations=("CopyObject",), seconds=0.05)
     report = tmp_path / "rename.json"
-    proc = subprocess.Popen(_cli("s3-rename", "--artifacts-bucket", bigger["artifacts"], "--logs-bucket",
+    proc = subprocess.Popen(cli_command("s3-rename", "--artifacts-bucket", bigger["artifacts"], "--logs-bucket",
                                  bigger["logs"], "--dsn", bigger["dsn"], "--checkpoint", str(tmp_path / "c"),
                                  "--workers", "4", "--retry-deadline", "3s", "--progress-interval", "0.5",
                                  "--endpoint-url", fault_proxy.endpoint, "--report", str(report)),

@@ -24,8 +24,8 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from ponoskit import schema
-from tests.test_db_fold_workflow import (assert_second_run_changes_nothing, connect, describe_schema, fold,
-                                         fold_process, seeded_database, snapshot, wait_for)
+from tests.fixtures.fold import (assert_second_run_changes_nothing, connect, describe_schema, fold,
+                                 fold_process, seeded_database, snapshot, wait_for)
 
 NOW = datetime(2026, 11, 1, tzinfo=timezone.utc)
 

@@ -26,6 +26,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ponos_dev import local, seed
 
+# A primary and a streaming standby of this module's own, and backfills waiting on them: slow.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 
 

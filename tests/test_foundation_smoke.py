@@ -1,6 +1,6 @@
 import psycopg
 
-from tests.conftest import list_keys
+from tests.helpers import list_keys
 
 
 def test_seeded_fixture_loads_both_stores(seeded):

@@ -21,10 +21,8 @@ from ponoskit.metrics import write_textfile
 from ponoskit.report import Report
 from ponoskit.s3.bill import Bill, parse_prices
 from ponoskit.errors import ConfigError
-from tests.conftest import list_keys
-from tests.test_s3_production import run, state_of  # noqa: F401 - a fixture
-from tests.test_s3_rename import assert_moved, expected_moves
-from tests.test_verify import run_verify
+from tests.helpers import list_keys
+from tests.fixtures.rename import assert_moved, expected_moves, run_verify, state_of
 
 
 # --- the heartbeat alone ----------------------------------------------------------------------
@@ -149,6 +147,7 @@ def s3_env_for(s3_env):
 
 # --- a time budget -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_max_runtime_stops_at_a_page_saves_the_checkpoint_and_a_rerun_finishes(seeded, run, tmp_path):
     s3 = seeded["ctx"].s3
     artifacts_before, logs_before = state_of(seeded)
@@ -256,6 +255,7 @@ def test_verify_keeps_no_transaction_open_while_it_lists(seeded, run, fault_prox
 
 # --- SIGTERM --------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigterm_stops_a_rename_cleanly_and_it_resumes(seeded, fault_proxy, s3_env, tmp_path, run):
     import signal
     fault_proxy.add("slow", operations=("ListObjectsV2", "CopyObject"), seconds=0.3)
@@ -283,6 +283,7 @@ def test_sigterm_stops_a_rename_cleanly_and_it_resumes(seeded, fault_proxy, s3_e
 
 # --- an outage says so ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_an_outage_is_named_in_the_progress_lines_with_the_time_left(seeded, run, fault_proxy, tmp_path):
     """S3 failing is not a slow run: each line names the request, the bucket, the error and
     when the run gives up; the JSON lines and the metrics file carry the same."""

@@ -29,9 +29,8 @@ from ponoskit.s3 import capabilities
 from ponoskit.s3.canary import CanaryOwner
 from ponoskit.s3.copy import SourceChanged, TagsNotKept, head_facts, multipart_copy
 from ponoskit.s3.errors import Kind, kind_of
-from tests.conftest import list_keys
-from tests.test_s3_production import run, state_of  # noqa: F401 - run is a fixture
-from tests.test_s3_rename import _cli
+from tests.helpers import list_keys
+from tests.fixtures.rename import cli_command, state_of
 
 MiB = 1024 ** 2
 # Whether CopyObject / UploadPartCopy honour x-amz-copy-source-if-match, measured on each server.
@@ -207,6 +206,7 @@ def test_a_canary_put_refused_is_configuration_at_once(proxied, make_bucket, dir
 
 # --- canaries of killed probes -------------------------------------------------------------------
 
+@pytest.mark.slow
 @VERSIONED
 def test_canaries_of_a_probe_killed_with_sigkill_are_gone_after_the_next_run(seeded, run, fault_proxy, s3_env,
                                                                              tmp_path, versioned):
@@ -215,7 +215,7 @@ def test_canaries_of_a_probe_killed_with_sigkill_are_gone_after_the_next_run(see
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     # The probe's first copy waits in the proxy: the canaries are written, the probe is not done.
     fault_proxy.add("slow", operations=("CopyObject",), key=CANARY_PREFIX, seconds=2.0)
-    command = _cli("s3-rename", "--endpoint-url", fault_proxy.endpoint, "--artifacts-bucket", bucket,
+    command = cli_command("s3-rename", "--endpoint-url", fault_proxy.endpoint, "--artifacts-bucket", bucket,
                    "--logs-bucket", seeded["logs"], "--dsn", seeded["dsn"])
     with open(tmp_path / "killed.log", "w") as log:
         probe = subprocess.Popen(command, env=dict(os.environ), stdout=log, stderr=log)

@@ -15,36 +15,15 @@ import psycopg
 import pytest
 from botocore.config import Config
 
-from tests.conftest import list_keys
-from tests.test_s3_rename import assert_moved, bigger, expected_moves, rename  # noqa: F401 - a fixture
+from tests.helpers import list_keys
+from tests.fixtures.rename import assert_moved, expected_moves, rename, state_of, tasks_of
 
 SENTINEL = b"written by the new release after the run began"
-
-
-@pytest.fixture
-def run(seeded, s3_env, tmp_path):
-    """s3-rename on the seeded buckets; extra arguments go last (a later --endpoint-url wins)."""
-    def invoke(*extra):
-        return rename(s3_env, "--artifacts-bucket", seeded["artifacts"], "--logs-bucket", seeded["logs"],
-                      "--dsn", seeded["dsn"], *extra, tmp_path=tmp_path)
-    return invoke
 
 
 def direct_client(s3_env):
     return boto3.client("s3", endpoint_url=s3_env["AWS_ENDPOINT_URL"], region_name="us-east-1",
                         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}))
-
-
-def tasks_of(dsn, *, unfinished: bool):
-    with psycopg.connect(dsn) as conn:
-        return conn.execute(
-            "SELECT t.workflow_id::text, t.id::text, t.run FROM ponos_task t WHERE (t.state = ANY(%s)) = %s "
-            "ORDER BY t.id", (["unscheduled", "pending", "running", "stopping"], unfinished)).fetchall()
-
-
-def state_of(seeded):
-    s3 = seeded["ctx"].s3
-    return list_keys(s3, seeded["artifacts"]), list_keys(s3, seeded["logs"])
 
 
 # --- keys XML cannot carry ----------------------------------------------------------------
@@ -277,6 +256,8 @@ def test_a_source_keeps_its_own_kms_key(seeded, run, s3_implementation):
 
 # --- throttling, outages, refusals -------------------------------------------------------------
 
+@pytest.mark.slow
+@pytest.mark.s3_servers("seaweedfs")
 def test_sustained_slowdown_slows_the_run_and_never_fails_it(seeded, run, fault_proxy):
     artifacts_before, logs_before = state_of(seeded)
     moves = expected_moves(seeded["dsn"], artifacts_before, logs_before)
@@ -294,6 +275,7 @@ def test_sustained_slowdown_slows_the_run_and_never_fails_it(seeded, run, fault_
     assert_moved(logs_before, list_keys(s3, seeded["logs"]), moves["logs"])
 
 
+@pytest.mark.s3_servers("seaweedfs")
 @pytest.mark.parametrize("command", ["s3-rename", "verify"])
 def test_a_listing_that_keeps_failing_is_one_line_exit_75_and_a_filled_report(seeded, s3_env, tmp_path, fault_proxy,
                                                                               command):
@@ -314,6 +296,7 @@ def test_a_listing_that_keeps_failing_is_one_line_exit_75_and_a_filled_report(se
         assert report["counts"]["moved"] > 0
 
 
+@pytest.mark.s3_servers("seaweedfs")
 def test_a_run_of_identical_refusals_stops_early_with_the_permission_named(bigger, s3_env, tmp_path, fault_proxy):
     s3 = bigger["ctx"].s3
     before = list_keys(s3, bigger["artifacts"]), list_keys(s3, bigger["logs"])
@@ -331,6 +314,7 @@ def test_a_run_of_identical_refusals_stops_early_with_the_permission_named(bigge
     assert (list_keys(s3, bigger["artifacts"]), list_keys(s3, bigger["logs"])) == before
 
 
+@pytest.mark.s3_servers("seaweedfs")
 def test_a_missing_permission_is_found_on_canaries_before_anything_changes(seeded, run, fault_proxy):
     before = state_of(seeded)
     fault_proxy.add("denied", operations=("PutObject",))
@@ -343,6 +327,7 @@ def test_a_missing_permission_is_found_on_canaries_before_anything_changes(seede
 
 # --- checkpoints of other runs, and finished ones -----------------------------------------------
 
+@pytest.mark.s3_servers("seaweedfs")
 def test_a_checkpoint_of_another_database_is_refused(seeded, run, tmp_path, make_database):
     checkpoint = tmp_path / "rename.checkpoint"
     rehearsal = make_database("legacy")
@@ -361,6 +346,7 @@ def rename_with_dsn(run, dsn, *extra):
     return run("--dsn", dsn, *extra)
 
 
+@pytest.mark.s3_servers("seaweedfs")
 def test_a_checkpoint_of_another_endpoint_is_refused(seeded, run, tmp_path, fault_proxy):
     checkpoint = tmp_path / "rename.checkpoint"
     assert run("--checkpoint", str(checkpoint), "--endpoint-url", fault_proxy.endpoint)[0] == 0
@@ -372,6 +358,7 @@ def test_a_checkpoint_of_another_endpoint_is_refused(seeded, run, tmp_path, faul
     assert state_of(seeded) == before
 
 
+@pytest.mark.s3_servers("seaweedfs")
 @pytest.mark.parametrize("state", [
     {"b": "not an object"}, {"b": {"after": 12}}, {"b": {"after": None, "complete": "yes"}},
     {"b": {"after": None, "started_at": "yesterday"}}, ["a", "list"],
@@ -429,6 +416,7 @@ def test_an_endpoint_set_in_the_aws_profile_reaches_both_clients(seeded, s3_env,
     assert_moved(artifacts_before, list_keys(seeded["ctx"].s3, seeded["artifacts"]), moves["artifacts"])
 
 
+@pytest.mark.s3_servers("seaweedfs")
 def test_no_secret_of_the_endpoint_url_in_any_output(seeded, s3_env, tmp_path):
     from click.testing import CliRunner
 
@@ -471,6 +459,7 @@ def test_a_bucket_in_another_region_is_found_and_used(legacy_dsn, context_factor
     assert_moved(before, list_keys(ctx.s3, bucket), {**moves["artifacts"], **moves["logs"]})
 
 
+@pytest.mark.s3_servers("seaweedfs")
 @pytest.mark.parametrize("fault", ["error_200", "truncate"])
 def test_a_200_carrying_an_error_or_cut_short_is_retried_not_believed(seeded, run, fault_proxy, fault):
     """A listing answered 200 with an <Error> body, or cut short, would look like the end of

@@ -5,49 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import time
 
 import psycopg
 import pytest
 from click.testing import CliRunner
 
 from migrate.cli import main
-from tests.conftest import list_keys
+from tests.fixtures.rename import assert_moved, cli_command, expected_moves, rename
+from tests.helpers import list_keys
 
 SENTINEL = b"not a copy of the source"
-
-
-def rename(s3_env, *args, report_dir=None, tmp_path=None):
-    """Run ``ponos-migrate s3-rename`` in-process; return (exit code, report dict, stderr)."""
-    report_file = (tmp_path or report_dir) / f"report-{time.monotonic_ns()}.json"
-    result = CliRunner().invoke(main, ["s3-rename", "--endpoint-url", s3_env["AWS_ENDPOINT_URL"],
-                                       "--report", str(report_file), *args], catch_exceptions=False)
-    report = json.loads(report_file.read_text()) if report_file.exists() else None
-    return result.exit_code, report, result.stderr
-
-
-def expected_moves(dsn, artifacts_before, logs_before):
-    """Legacy key -> new key, computed from the database and the listing before the run."""
-    moves = {"artifacts": {}, "logs": {}}
-    with psycopg.connect(dsn) as conn:
-        for workflow, task, path in conn.execute(
-                "SELECT t.workflow_id, t.id, a.path FROM ponos_artifact a JOIN ponos_task t ON t.id = a.task_id"):
-            moves["artifacts"][f"{workflow}/{task}/{path}"] = f"{task}/{path}"
-        for workflow, run, task in conn.execute("SELECT workflow_id, run, id FROM ponos_task"):
-            old = f"{workflow}/run_{run}/{task}.log"
-            if old in logs_before:
-                moves["logs"][old] = f"{task}.log"
-    assert set(moves["artifacts"]) <= set(artifacts_before)
-    return moves
-
-
-def assert_moved(before: dict, after: dict, moves: dict) -> None:
-    """Every legacy key is at its new key with the same content; everything else untouched."""
-    expected = {k: v for k, v in before.items() if k not in moves}
-    for old, new in moves.items():
-        expected[new] = before[old]
-    assert after == expected
 
 
 @pytest.fixture
@@ -264,28 +231,13 @@ def test_checkpoint_of_another_run_is_refused(seeded, runner_args, tmp_path):
 
 # --- several processes -------------------------------------------------------------------
 
-def _cli(*args):
-    return [sys.executable, "-c", "from migrate.cli import entry; entry()", *args]
-
-
-@pytest.fixture
-def bigger(legacy_dsn, context_factory, make_bucket):
-    """About 1,800 objects: enough for a run to be killed in the middle."""
-    from ponos_dev import seed
-    ctx = context_factory(legacy_dsn)
-    artifacts, logs = make_bucket("artifacts"), make_bucket("logs")
-    with psycopg.connect(legacy_dsn, autocommit=True) as conn:
-        seed.seed_database(conn, seed.SeedSpec(processes=150, artifacts_per_task=(1, 4), seed=11))
-        seed.seed_s3(ctx, conn, artifacts_bucket=artifacts, logs_bucket=logs, seed=11)
-    return {"dsn": legacy_dsn, "artifacts": artifacts, "logs": logs, "ctx": ctx}
-
-
+@pytest.mark.slow
 def test_shards_in_parallel_handle_each_key_once(bigger, s3_env, tmp_path):
     s3 = bigger["ctx"].s3
     artifacts_before, logs_before = list_keys(s3, bigger["artifacts"]), list_keys(s3, bigger["logs"])
     moves = expected_moves(bigger["dsn"], artifacts_before, logs_before)
     count = 3
-    procs = [subprocess.Popen(_cli("s3-rename", "--artifacts-bucket", bigger["artifacts"], "--logs-bucket",
+    procs = [subprocess.Popen(cli_command("s3-rename", "--artifacts-bucket", bigger["artifacts"], "--logs-bucket",
                                    bigger["logs"], "--dsn", bigger["dsn"], "--shard", f"{i}/{count}",
                                    "--report", str(tmp_path / f"shard{i}.json"), "--workers", "8"),
                               env={**os.environ, **s3_env}, stderr=subprocess.PIPE, text=True)

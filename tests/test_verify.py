@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 import uuid
 
 import psycopg
-from click.testing import CliRunner
 
-from migrate.cli import main
 from ponoskit.keys import is_uuid
-from tests.conftest import list_keys
-from tests.test_s3_rename import rename
-
-
-def run_verify(s3_env, tmp_path, *args):
-    report_file = tmp_path / f"verify-{uuid.uuid4().hex}.json"
-    result = CliRunner().invoke(main, ["verify", "--endpoint-url", s3_env["AWS_ENDPOINT_URL"],
-                                       "--report", str(report_file), *args], catch_exceptions=False)
-    report = json.loads(report_file.read_text()) if report_file.exists() else None
-    return result.exit_code, report, result.stderr
+from tests.helpers import list_keys
+from tests.fixtures.rename import rename, run_verify
 
 
 def artifact_rows(dsn):

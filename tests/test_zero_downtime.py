@@ -22,8 +22,11 @@ from click.testing import CliRunner
 from migrate.cli import main as migrate_main
 from ponoskit import keys, schema
 from ponos_dev import seed
-from tests.conftest import list_keys
+from tests.helpers import list_keys
 from tests.workload import LEGACY, NEW, Ledger, Worker, forward_runbook, register_seeded, rollback_runbook
+
+# Each runbook walks every step with both releases at work for a second or more: slow.
+pytestmark = pytest.mark.slow
 
 STEP_SECONDS = 1.0
 UNTIL_SECONDS = 60.0  # a step's ``until`` that does not hold by then fails the test

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from ponoskit import keys
-from tests.test_cleanup_fixtures import folded, later, run_cli, upload  # noqa: F401 - fixtures
+from tests.fixtures.cleanup import later, upload
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def with_orphans(folded):
 
 
 def _legacy(keys_: set[str]) -> set[str]:
-    return {k for k in keys_ if keys.classify(k, set()).kind is keys.Kind.ORPHAN_LEGACY}
+    return {k for k in keys_ if keys.classify(k, set()).kind is keys.KeyKind.ORPHAN_LEGACY}
 
 
 def _args(folded, *extra):

@@ -14,18 +14,15 @@ from datetime import datetime, timezone
 
 import psycopg
 import pytest
-from botocore.exceptions import EndpointConnectionError
 
-import ponoskit.connections
 from maint.cleanup import LOCK_KEY
 from ponoskit.keys import CANARY_PREFIX
 from ponos_dev.seed import SeedSpec, seed_database
-from tests.test_cleanup_fixtures import (  # noqa: F401 - fixtures
-    expected_state, folded, maint_command, make_folded, run_cli)
+from tests.fixtures.cleanup import expected_state, maint_command, make_folded, one_error_line
 
 
 @pytest.fixture
-def bigger(make_database, context_factory, make_bucket):
+def bigger_folded(make_database, context_factory, make_bucket):
     """Enough due tasks that a run with --batch-size 1 lasts long enough to be interrupted."""
     return make_folded(make_database, context_factory, make_bucket,
                        SeedSpec(processes=70, seed=9, now=datetime.now(timezone.utc)))
@@ -86,45 +83,45 @@ def test_two_concurrent_runs(folded):
     _assert_finished(folded, state, listing, due)
 
 
-def test_sigkill_mid_run_then_rerun_finishes_with_nothing_orphaned(bigger, run_cli):
-    state, listing, due = bigger.state(), bigger.listing(), bigger.due_tasks()
+def test_sigkill_mid_run_then_rerun_finishes_with_nothing_orphaned(bigger_folded, run_cli):
+    state, listing, due = bigger_folded.state(), bigger_folded.listing(), bigger_folded.due_tasks()
 
-    killed, left = _interrupt_mid_run(bigger, signal.SIGKILL)
+    killed, left = _interrupt_mid_run(bigger_folded, signal.SIGKILL)
 
     assert killed.returncode == -signal.SIGKILL
     assert left > 0, "the kill must land before the run finished"
-    deleted = due - _remaining(bigger)
+    deleted = due - _remaining(bigger_folded)
     # Every task already gone either has its files gone or its targets still in the outbox.
-    owed = {(b, k) for b, k, _ in bigger.outbox_rows()}
-    expected_gone = bigger.expected_listing(listing, deleted)
-    for role, bucket in (("artifacts", bigger.artifacts), ("logs", bigger.logs)):
-        for key in set(bigger.listing()[role]) - set(expected_gone[role]):
+    owed = {(b, k) for b, k, _ in bigger_folded.outbox_rows()}
+    expected_gone = bigger_folded.expected_listing(listing, deleted)
+    for role, bucket in (("artifacts", bigger_folded.artifacts), ("logs", bigger_folded.logs)):
+        for key in set(bigger_folded.listing()[role]) - set(expected_gone[role]):
             assert any(bucket == b and key.startswith(k) for b, k in owed), key
 
-    code, output, report = run_cli("cleanup", *bigger.cli_args())
+    code, output, report = run_cli("cleanup", *bigger_folded.cli_args())
 
     assert code == 0, output
     assert report["counts"]["outbox_rows_pending_at_start"] == len(owed)
-    _assert_finished(bigger, state, listing, due)
+    _assert_finished(bigger_folded, state, listing, due)
 
 
-def test_sigterm_stops_between_batches_then_rerun_finishes(bigger, run_cli):
-    state, listing, due = bigger.state(), bigger.listing(), bigger.due_tasks()
+def test_sigterm_stops_between_batches_then_rerun_finishes(bigger_folded, run_cli):
+    state, listing, due = bigger_folded.state(), bigger_folded.listing(), bigger_folded.due_tasks()
 
-    stopped, left = _interrupt_mid_run(bigger, signal.SIGTERM)
+    stopped, left = _interrupt_mid_run(bigger_folded, signal.SIGTERM)
 
     assert stopped.returncode == 143, stopped.stderr  # as every job stopped by SIGTERM
     assert "stopped by a signal" in stopped.stderr
     assert left > 0
-    gone = due - _remaining(bigger)
-    assert bigger.state() == expected_state(state, gone)  # whole batches only
-    assert bigger.listing() == bigger.expected_listing(listing, gone)  # their files too
-    assert bigger.outbox_rows() == set()
+    gone = due - _remaining(bigger_folded)
+    assert bigger_folded.state() == expected_state(state, gone)  # whole batches only
+    assert bigger_folded.listing() == bigger_folded.expected_listing(listing, gone)  # their files too
+    assert bigger_folded.outbox_rows() == set()
 
-    code, output, _ = run_cli("cleanup", *bigger.cli_args())
+    code, output, _ = run_cli("cleanup", *bigger_folded.cli_args())
 
     assert code == 0, output
-    _assert_finished(bigger, state, listing, due)
+    _assert_finished(bigger_folded, state, listing, due)
 
 
 def test_s3_failing_after_commit_keeps_keys_in_outbox_then_next_run_deletes_them(folded, run_cli, fault_proxy):
@@ -161,12 +158,6 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def _one_error_line(output: str) -> str:
-    lines = [line for line in output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), output
-    return lines[0]
-
-
 def test_bad_input_or_unreachable_service_is_one_line_changes_nothing_and_shows_no_password(folded, run_cli,
                                                                                            monkeypatch):
     state, listing = folded.state(), folded.listing()
@@ -188,7 +179,7 @@ def test_bad_input_or_unreachable_service_is_one_line_changes_nothing_and_shows_
         code, output, report = run_cli("cleanup", "-q", *args)
 
         assert code == exit_code, (args, output)
-        assert message in _one_error_line(output)
+        assert message in one_error_line(output)
         assert secret not in output and secret not in str(report)
         if report is not None:  # written once the job started
             assert report["status"] == {2: "refused", 75: "transient"}[exit_code]
@@ -207,7 +198,7 @@ def test_legacy_schema_is_refused(make_database, make_bucket, run_cli, s3_env):
                               "--logs-bucket", make_bucket("l"), "--endpoint-url", s3_env["AWS_ENDPOINT_URL"])
 
     assert code == 2
-    assert "schema is legacy, not folded" in _one_error_line(output)
+    assert "schema is legacy, not folded" in one_error_line(output)
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT count(*) FROM ponos_task").fetchone()[0] == before
         assert conn.execute("SELECT to_regclass('ponos_cleanup_outbox')").fetchone()[0] is None

@@ -1,27 +1,26 @@
-"""ponos-maint cleanup on a real PostgreSQL and a real S3 server (SeaweedFS): what goes, what stays.
+"""ponos-maint cleanup: what goes and what stays (due tasks, their rows and files; an unfinished
+process; --before, also in the future) and the run's bounds (--max-runtime, --max-tasks, a task
+locked by another transaction, the progress count). Real PostgreSQL and S3 server.
 
-Resilience (lock, concurrency, SIGKILL, S3 down, bad input) is in test_cleanup_resilience.py,
-the orphan sweep in test_cleanup_orphans.py, fixtures in test_cleanup_fixtures.py.
+The topics of tests/cleanup/: test_scope.py (this), test_dry_run.py (the dry run and its bill),
+test_s3.py (the S3 side: the keys rows name or --list-prefixes, the outbox, keys S3 refuses,
+--max-rps, the permission preflight), test_resilience.py (the lock, concurrent runs, SIGKILL,
+SIGTERM, S3 down, bad input), test_orphans.py (the orphan sweep), test_fold_leftovers.py (the
+objects of the tasks db-fold-workflow deleted). Fixtures: tests/fixtures/cleanup.py.
 """
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 
 import psycopg
 import pytest
 
 import maint.cleanup
-from maint.cli import parse_before, parse_duration
-from maint.outbox import Target
-from maint.listing_plan import plan_listings
-from maint.purge import Purger
 from ponoskit import keys
-from ponoskit.errors import ConfigError
-from tests.conftest import list_keys
-from tests.test_cleanup_fixtures import (  # noqa: F401 - fixtures
-    expected_state, folded, run_cli, upload)
+from ponoskit.budget import RuntimeBudget
+from ponoskit.report import Report
+from tests.fixtures.cleanup import expected_state, later, no_outbox, one_error_line
 
 
 def test_deletes_exactly_the_due_tasks_their_rows_and_files_and_a_second_run_changes_nothing(folded, run_cli):
@@ -87,29 +86,6 @@ def test_unfinished_process_kept_and_reported(folded, run_cli):
     assert all(keys.log_key(t) in listing["logs"] for t in stuck_tasks)
 
 
-def test_dry_run_changes_nothing_and_counts_what_the_real_run_deletes(folded, run_cli):
-    state, listing = folded.state(), folded.listing()
-    due = folded.due_tasks()
-
-    code, output, planned = run_cli("cleanup", "--dry-run", *folded.cli_args())
-
-    assert code == 0, output
-    assert folded.state() == state
-    assert folded.listing() == listing
-    with psycopg.connect(folded.dsn) as conn:  # not even the outbox table
-        assert conn.execute("SELECT to_regclass('ponos_cleanup_outbox')").fetchone()[0] is None
-    assert planned["dry_run"] is True
-    assert planned["counts"]["tasks"] == len(due)
-    expected = folded.expected_listing(listing, due)
-    assert planned["counts"]["s3_objects"] == sum(len(listing[b]) - len(expected[b]) for b in listing)
-
-    code, output, done = run_cli("cleanup", *folded.cli_args("--batch-size", "5"))
-
-    assert code == 0, output
-    for name in ("processes", "tasks", "artifacts", "task_parents", "gpus_released", "s3_objects", "s3_bytes"):
-        assert planned["counts"].get(name, 0) == done["counts"].get(name, 0), name
-
-
 def test_before_replaces_now(folded, run_cli):
     before = folded.now - timedelta(days=12)
     due_then = folded.due_tasks(before)
@@ -133,7 +109,8 @@ def test_max_runtime_stops_between_batches_and_a_rerun_finishes(folded, run_cli,
     assert len(due) > 6
 
     with monkeypatch.context() as patch:
-        patch.setattr(maint.cleanup, "_clock", lambda: float(next(ticks)))
+        fake_clock = lambda: float(next(ticks))  # noqa: E731
+        patch.setattr(maint.cleanup, "RuntimeBudget", lambda seconds, clock: RuntimeBudget(seconds, clock=fake_clock))
         code, output, report = run_cli("cleanup", *folded.cli_args("--batch-size", "2", "--max-runtime", "3.5"))
 
     assert code == 75, output  # stopped at its bound, the same code as the rename's: run again
@@ -169,58 +146,68 @@ def test_task_locked_by_another_transaction_is_skipped_and_reported(folded, run_
     assert folded.state() == expected_state(state, set(due))
 
 
-def test_dense_batch_lists_by_shared_prefix_and_deletes_exactly_its_targets(
-        context_factory, make_bucket, make_database):
-    """One bucket for logs and artifacts, foreign keys around and between the targets."""
-    ctx = context_factory(make_database(None))
-    bucket = make_bucket("dense")
-    tasks = sorted(str(uuid.uuid4()) for _ in range(80))
-    targeted = tasks[20:70]
-    objects = [keys.artifact_key(t, name) for t in tasks for name in ("a.txt", "b/c.txt", "z z/%41+#?.bin")]
-    objects += [keys.log_key(t) for t in tasks]
-    objects += [keys.log_key(t) + ".old" for t in targeted]  # not the log: stays
-    objects += [keys.artifact_prefix(targeted[5])]  # a folder marker under a target: goes
-    upload(ctx, [(bucket, key) for key in objects])
-    targets = [Target(bucket, keys.artifact_prefix(t), "prefix") for t in targeted]
-    targets += [Target(bucket, keys.log_key(t), "key") for t in targeted]
-    purger = Purger(ctx, count_only=False)
+def test_max_tasks_deletes_at_most_n_reports_what_is_left_exits_1_and_the_next_run_goes_on(folded, run_cli):
+    state, listing, due = folded.state(), folded.listing(), folded.due_tasks()
+    assert len(due) > 7
+    first = set(sorted(due)[:5])  # tasks go in id order
 
-    purger.submit(targets, dense=True)
-    purger.close()
+    code, output, planned = run_cli("cleanup", "--dry-run", *folded.cli_args("--max-tasks", "5"))
 
-    gone = {key for key in objects if any(target.covers(key) for target in targets)}
-    assert set(list_keys(ctx.s3, bucket)) == set(objects) - gone
-    assert ctx.report.counts["s3_objects"] == len(gone) == 4 * len(targeted) + 1
-    assert ctx.report.counts["s3_listings"] < len(targets) / 2  # shared prefixes, not one per target
+    assert code == 0, output
+    assert planned["counts"]["tasks"] == 5 and folded.state() == state
+    assert planned["counts"]["tasks_left_due"] == len(due) - 5
 
+    code, output, report = run_cli("cleanup", *folded.cli_args("--batch-size", "2", "--max-tasks", "5"))
 
-def test_listing_plan_covers_every_target_once_and_keeps_edges_narrow():
-    keys_ = sorted(str(uuid.uuid4()) + suffix for _ in range(300) for suffix in (".log", "/"))
-    plan = list(plan_listings(keys_, dense=True))
-    served = [k for _, group in plan for k in group]
-    assert sorted(served) == keys_
-    assert all(k.startswith(prefix) for prefix, group in plan for k in group)
-    assert plan[0][1] == [keys_[0]] and plan[-1][1] == [keys_[-1]]  # edges listed alone
-    assert len(plan) < len(keys_) / 4
-    assert list(plan_listings(keys_[:5], dense=False)) == [(k, [k]) for k in keys_[:5]]
+    assert code == 75, output  # stopped at its bound: run again
+    assert report["status"] == "stopped" and "--max-tasks (5) reached" in output
+    assert report["counts"]["tasks"] == 5
+    assert report["counts"]["tasks_left_due"] == len(due) - 5
+    assert f"{len(due) - 5} due task(s) left" in output
+    assert folded.state() == expected_state(state, first)
+    assert folded.listing() == folded.expected_listing(listing, first)
+    assert folded.outbox_rows() == set()
+    for name in ("tasks", "artifacts", "task_parents", "gpus_released", "s3_objects"):
+        assert planned["counts"].get(name, 0) == report["counts"].get(name, 0), name
+
+    code, output, report = run_cli("cleanup", *folded.cli_args("--max-tasks", str(len(due) - 5)))
+
+    assert code == 0, output  # exactly what was left: nothing in scope is left
+    assert folded.state() == expected_state(state, due)
+    assert folded.listing() == folded.expected_listing(listing, due)
 
 
-@pytest.mark.parametrize("text, seconds", [("600", 600), ("10m", 600), ("1h30m", 5400), ("7d", 604800),
-                                           ("0.5s", 0.5)])
-def test_durations(text, seconds):
-    assert parse_duration("--max-runtime", text) == seconds
+@pytest.mark.parametrize("command", ["cleanup", "orphans"])
+def test_before_in_the_future_is_refused_unless_allowed(folded, run_cli, command):
+    state, listing = folded.state(), folded.listing()
+    future = later(folded.now, hours=1)
+
+    code, output, report = run_cli(command, "-q", *folded.cli_args("--before", future))
+
+    assert code == 2
+    line = one_error_line(output)
+    assert "is in the future" in line and "--allow-future-before" in line
+    assert folded.state() == state and folded.listing() == listing and no_outbox(folded)
+
+    code, output, report = run_cli(command, "--dry-run", *folded.cli_args("--before", future, "--allow-future-before"))
+
+    assert code == 0, output
+    assert "is in the future" in output  # still said, as a warning
 
 
-@pytest.mark.parametrize("text", ["", "10x", "m", "1h 3", "-5"])
-def test_bad_durations(text):
-    with pytest.raises(ConfigError, match="not a duration"):
-        parse_duration("--grace", text)
+def test_progress_names_the_count_and_the_total(folded, run_cli, monkeypatch):
+    expected: list[tuple] = []
+    original = Report.expect
+    monkeypatch.setattr(Report, "expect", lambda self, name, total=None: (expected.append((name, total)),
+                                                                          original(self, name, total))[1])
+    due = folded.due_tasks()
 
+    code, output, report = run_cli("cleanup", *folded.cli_args("--max-tasks", "3"))
+    assert code == 75, output  # stopped at its bound
+    assert expected == [("tasks", 3)] and report["counts"]["tasks"] == 3
 
-def test_before_parsing():
-    assert parse_before("2024-05-01T00:00:00Z").isoformat() == "2024-05-01T00:00:00+00:00"
-    assert parse_before("2024-05-01").isoformat() == "2024-05-01T00:00:00+00:00"  # no offset: UTC
-    assert parse_before("2024-05-01T02:00:00+02:00").utcoffset() == timedelta(hours=2)
-    with pytest.raises(ConfigError, match="ISO 8601"):
-        parse_before("yesterday")
-
+    expected.clear()
+    code, output, report = run_cli("cleanup", "--orphans", "--grace", "0s", *folded.cli_args())
+    assert code == 0, output
+    assert expected == [("tasks", len(due) - 3), ("orphan_objects_scanned", None)]
+    assert report["counts"]["tasks"] == len(due) - 3 and report["counts"]["orphan_objects_scanned"] > 0

@@ -17,9 +17,9 @@ from migrate.fold import orphans as fold_orphans
 from ponoskit import keys
 from ponos_dev import seed
 from ponoskit.keys import CANARY_PREFIX
-from tests.conftest import list_keys
-from tests.test_cleanup_fixtures import folded, run_cli, upload  # noqa: F401 - fixtures
-from tests.test_db_fold_workflow import make_orphans
+from tests.fixtures.cleanup import upload
+from tests.fixtures.fold import make_orphans
+from tests.helpers import list_keys
 
 LONG_AGO = "2000-01-01T00:00:00Z"  # no task is due then: only the fold's leftovers are in scope
 
