@@ -6,7 +6,7 @@ The runbook, as :func:`run_cleanup` runs it:
      (a canary: preflight.check_permissions); nothing has changed before this;
   3. make sure the outbox table exists;
   4. drain the outbox: S3 work owed by earlier runs goes first; if S3 still fails, stop;
-  5. hand the tasks ``db-fold-workflow --orphans delete`` deleted to the outbox (their legacy
+  5. hand the tasks ``db-fold-workflow --orphan-workflows delete`` deleted to the outbox (their legacy
      keys; maint.fold_leftovers), a batch per transaction;
   6. batch after batch, one short transaction each: pick due tasks (FOR UPDATE SKIP LOCKED),
      read the keys their rows name (each artifact's key, the log), release their GPUs, delete
@@ -253,7 +253,7 @@ def drain_outbox(ctx, purger: Purger, opts: CleanupOptions, budget: RuntimeBudge
 
 def hand_over_fold_leftovers(ctx, purger: Purger, opts: CleanupOptions, budget: RuntimeBudget,
                              reasons: list[str]) -> str:
-    """The tasks the fold's ``--orphans delete`` recorded go to the outbox, a batch per
+    """The tasks the fold's ``--orphan-workflows delete`` recorded go to the outbox, a batch per
     transaction (maint.fold_leftovers); returns why it stopped early, or ''."""
     if not fold_leftovers.present(ctx.db):
         return ""

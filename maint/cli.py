@@ -146,7 +146,7 @@ def cleanup(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_b
     The S3 files deleted are the keys the database names (each artifact row's key and the
     task's log), without listing the bucket. An object under a task's prefix without a row is
     left to the orphan sweep (`ponos-maint orphans`, or --orphans), or use --list-prefixes.
-    The S3 files of the tasks `ponos-migrate db-fold-workflow --orphans delete` deleted (at
+    The S3 files of the tasks `ponos-migrate db-fold-workflow --orphan-workflows delete` deleted (at
     their legacy keys) are deleted too. Before any change the run checks it may list and
     delete in both buckets (a canary under .ponos-toolkit-canary/); a dry run only lists,
     and reports the S3 requests the real run would make with their estimated cost (--prices).

@@ -1,4 +1,4 @@
-"""The S3 objects of the tasks ``ponos-migrate db-fold-workflow --orphans delete`` deleted.
+"""The S3 objects of the tasks ``ponos-migrate db-fold-workflow --orphan-workflows delete`` deleted.
 
 The fold deletes the tasks of workflows no process points at and records each of them, with
 its workflow and run, in :data:`TABLE` (migrate/fold/orphans.py creates it; maint never

@@ -72,17 +72,17 @@ def forward(status: "st.MigrationStatus", where: Where) -> NextStep:
     if phase in (st.LEGACY, st.ROLLED_BACK, st.EXPANDING):
         return expand(database)
     if phase == st.EXPANDED:
-        return NextStep(rename(where, "--phase", "copy", "--checkpoint", copy_checkpoint(status)),
+        return NextStep(rename(where, "--phase", "expand", "--checkpoint", copy_checkpoint(status)),
                         "expand the buckets: copy every legacy object to its new key, keeping it",
                         pass_problems(status))
     if phase == st.COPIED:
         due = sum(facts.changed_since_check or 0 for facts in status.buckets)
-        return NextStep(rename(where, "--phase", "copy", "--checkpoint", copy_checkpoint(status)),
+        return NextStep(rename(where, "--phase", "expand", "--checkpoint", copy_checkpoint(status)),
                         "deploy the new release; once the legacy pods are gone, the last catch-up"
                         + (f" ({due} legacy task(s) unfinished or changed since the last check)" if due else "")
                         + sharded(status), legacy_writers(database) + pass_problems(status))
     if phase == st.CAUGHT_UP:
-        return NextStep(rename(where, "--phase", "delete"),
+        return NextStep(rename(where, "--phase", "contract"),
                         "contract the buckets: delete each legacy object whose copy is the same",
                         legacy_writers(database) + pass_problems(status))
     if phase == st.CONTRACTED_BUCKETS:
@@ -97,7 +97,7 @@ def expand(database: "st.DatabaseFacts") -> NextStep:
     blockers = failed_indexes(database)
     if database.orphans_refused:
         blockers.append(f"{database.orphans_refused} workflow(s) without a process: the expand refuses them; "
-                        "fix them, or add --orphans delete")
+                        "fix them, or add --orphan-workflows delete")
     if database.state == st.EXPANDING:
         note = f"resume the expand at {database.next_step}"
     elif database.state == st.ROLLED_BACK:
@@ -141,12 +141,12 @@ def copy_checkpoint(status: "st.MigrationStatus") -> str:
     """The checkpoint the last copy used (a catch-up needs it), else the runbook's name. A
     sharded copy has one per shard: the command printed is the one-process form, and the note
     says to run the shards again instead."""
-    return next((facts.passes["copy"].checkpoint for facts in status.buckets
-                 if "copy" in facts.passes and facts.passes["copy"].checkpoint), DEFAULT_COPY_CHECKPOINT)
+    return next((facts.passes["expand"].checkpoint for facts in status.buckets
+                 if "expand" in facts.passes and facts.passes["expand"].checkpoint), DEFAULT_COPY_CHECKPOINT)
 
 
 def sharded(status: "st.MigrationStatus") -> str:
-    copies = [facts.passes["copy"] for facts in status.buckets if "copy" in facts.passes]
+    copies = [facts.passes["expand"] for facts in status.buckets if "expand" in facts.passes]
     shards = max((found.shards for found in copies), default=1)
     return (f"; the copy ran on {shards} shards: to catch up cheaply, run each shard again with its --shard I/"
             f"{shards} and its own --checkpoint") if shards > 1 else ""

@@ -6,7 +6,7 @@ tasks, which the database knows: tasks still unfinished when the pass began, or 
 changed since (``created``/``updated``, set by the application, on its clock: a margin covers
 the skew). Their legacy keys are looked up by prefix and moved, round after round, until a
 round finds none; if some keep appearing (tasks still running under the legacy release), the
-run says so (exit 1) instead of claiming it is done. For a copy phase that has run before,
+run says so (exit 1) instead of claiming it is done. For an expand that has run before,
 the same lookup is the whole run (the catch-up). For a rollback it is the other way round:
 the new-layout keys of the tasks changed meanwhile are looked up and copied back.
 
@@ -67,9 +67,9 @@ def final_check(context, bucket_pass: keys.BucketPass, key_range: KeyRange, move
         moment = round_start - CLOCK_MARGIN
         last_start = round_start
     if copying:
-        # The legacy release runs during a copy phase: what it writes after the last round began
+        # The legacy release runs during the expand: what it writes after the last round began
         # is for the next catch-up (and the contract moves whatever is still only legacy).
-        context.log.info("the legacy release is still writing: run --phase copy again to catch up")
+        context.log.info("the legacy release is still writing: run --phase expand again to catch up")
         return {"final_check": "copied what existed when the last round began", "rounds": ROUNDS,
                 "moved_in_check": moved_total, "checked_at": last_start.isoformat()}
     context.report.add("legacy_appearing", f"keys kept appearing after {ROUNDS} rounds of the final check: "

@@ -18,7 +18,7 @@ from ponoskit.errors import ConfigError
 from ponoskit.schema import column_exists, table_exists
 
 from .claims import CLAIMS_TABLE, SharedClaims, create_table
-from .rename_options import COPY_PHASE, ROLLBACK, RenameOptions
+from .rename_options import EXPAND, OLD_PHASE_WORDS, ROLLBACK, RenameOptions
 
 
 def preflight(context, passes: list[keys.BucketPass], options: RenameOptions):
@@ -35,7 +35,8 @@ def preflight(context, passes: list[keys.BucketPass], options: RenameOptions):
         if not column_exists(context.db, "ponos_task", "workflow_id"):
             raise ConfigError("--rollback: the fold's contract has run, tasks have no workflow any more, so no "
                               "legacy key can be computed; nothing changed (see the README's Rollback)")
-    checkpoint = Checkpoint(options.checkpoint, identity, validate=checkpoint_problem)
+    checkpoint = Checkpoint(options.checkpoint, identity, validate=checkpoint_problem,
+                            renamed={"phase": OLD_PHASE_WORDS})  # a copy phase's checkpoint is an expand's
     state = checkpoint.load()
     capabilities = {p.bucket: context.bucket(p.bucket, probe=True) for p in passes}
     context.report.info["capabilities"] = {name: caps.to_dict() for name, caps in capabilities.items()}
@@ -80,16 +81,16 @@ def checkpoint_problem(state: dict) -> Optional[str]:
 
 
 def start_run(context, state: dict, passes: list[keys.BucketPass], options: RenameOptions) -> bool:
-    """Resume the run the checkpoint holds, or start a new one; True for a copy phase's catch-up.
+    """Resume the run the checkpoint holds, or start a new one; True for an expand's catch-up.
 
     A run that finished leaves nothing to skip (legacy keys may have been written since): the
-    next one lists every key again, except after a finished copy phase, when the next copy
+    next one lists every key again, except after a finished expand, when the next expand
     run only catches up: the database says which tasks changed since its check, and only
     their legacy keys are looked up. An interrupted run resumes each bucket where it stopped;
     a bucket it had finished gets its final check again, over what changed since it began.
     """
     finished = bool(state) and all(state.get(p.bucket, {}).get("complete") for p in passes)
-    if finished and options.phase == COPY_PHASE and all(state[p.bucket].get("checked_at") for p in passes):
+    if finished and options.phase == EXPAND and all(state[p.bucket].get("checked_at") for p in passes):
         context.report.info["catch_up"] = True
         return True
     if finished:

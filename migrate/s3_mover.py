@@ -62,8 +62,8 @@ class MoveOutcome(enum.Enum):
     FAILED = "failed"
     ARCHIVED = "archived"                  # not copyable until restored
     SOURCE_GONE = "source_gone"            # deleted since the listing (by its task's cleanup, another run)
-    COPIED = "copied"                      # --phase copy: the source stays for the legacy release
-    ALREADY_COPIED = "already_copied"      # --phase copy: an identical copy was there
+    COPIED = "copied"                      # --phase expand: the source stays for the legacy release
+    ALREADY_COPIED = "already_copied"      # --phase expand: an identical copy was there
     RESTORED = "restored"                  # --rollback: a new-release object copied to its legacy key
     COPY_REMOVED = "copies_removed"        # --rollback: a copy of a legacy object, identical, removed
     WOULD_MOVE = "would_move"              # --dry-run

@@ -33,12 +33,12 @@ from ponoskit.s3.delete import MAX_KEYS_PER_REQUEST
 
 from . import rename_check
 from .low_water import LowWaterMark
-from .rename_options import ALL, COPY_PHASE, DELETE, PHASES, PROBLEMS, ROLLBACK, RenameOptions
+from .rename_options import ALL, CONTRACT, EXPAND, PHASES, PROBLEMS, ROLLBACK, RenameOptions
 from .rename_pass import move_range, record, scan_destinations
 from .rename_start import checkpoint_problem, preflight, shared_claims, start_run
 from .s3_mover import Mode, MoveOutcome, MoverOptions, ObjectMover
 
-__all__ = ["ALL", "COPY_PHASE", "DELETE", "PHASES", "PROBLEMS", "ROLLBACK", "BucketRun", "RenameOptions",
+__all__ = ["ALL", "CONTRACT", "EXPAND", "PHASES", "PROBLEMS", "ROLLBACK", "BucketRun", "RenameOptions",
            "checkpoint_problem", "rename"]
 
 
@@ -102,7 +102,7 @@ class RenameRun:
 
 class BucketRun:
     """One bucket's part of a run: :meth:`scan`, :meth:`move`, :meth:`final_check` (:meth:`go`),
-    or, after a finished copy phase, only the look at what changed since (:meth:`catch_up`)."""
+    or, after a finished expand, only the look at what changed since (:meth:`catch_up`)."""
 
     def __init__(self, run: RenameRun, bucket_pass: keys.BucketPass, caps: BucketCapabilities):
         self.run, self.bucket_pass, self.caps = run, bucket_pass, caps
@@ -126,7 +126,7 @@ class BucketRun:
         return True
 
     def catch_up(self) -> bool:
-        """A copy phase finished before: the tasks changed since its check are all there is to
+        """An expand finished before: the tasks changed since its check are all there is to
         look at (their legacy keys are looked up, nothing is listed whole)."""
         with self._mover() as mover:
             present = self.scan()

@@ -13,15 +13,15 @@ The phases, in the zero-downtime runbook's order (``--expect`` gates on them):
   legacy              nothing folded (``expanding`` while the expand is under way;
                       ``rolled-back`` once a rollback took everything away again)
   expanded            the expand is whole: sync triggers live, both releases can run
-  copied              every bucket's ``s3-rename --phase copy`` passed (exit 0)
+  copied              every bucket's ``s3-rename --phase expand`` passed (exit 0)
   caught-up           and a later catch-up passed, no legacy task unfinished or written since
-  contracted-buckets  every bucket's ``s3-rename --phase delete`` passed
+  contracted-buckets  every bucket's ``s3-rename --phase contract`` passed
   contracted          the fold's contract ran: the legacy shape is gone
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from ponoskit import keys, ledger, schema
@@ -29,6 +29,7 @@ from ponoskit.errors import ConfigError
 from ponoskit.tasks import UNFINISHED_STATES
 
 from . import legacy_estimate
+from .rename_options import ALL, CONTRACT, EXPAND, canonical_phase
 from .fold import catalog, django_migrations, runbook
 from .fold.data_steps import Backfill, Verify
 from .fold.job import KEPT_WORKFLOW_TABLE, FoldOptions
@@ -105,7 +106,7 @@ class BucketFacts:
 
     @property
     def copied(self) -> bool:
-        return any(found.done for found in self.since_rollback() if found.phase in ("copy", "delete", "all"))
+        return any(found.done for found in self.since_rollback() if found.phase in (EXPAND, CONTRACT, ALL))
 
     @property
     def catch_up_due(self) -> bool:
@@ -113,14 +114,14 @@ class BucketFacts:
 
     @property
     def caught_up(self) -> bool:
-        moved = any(found.done for found in self.since_rollback() if found.phase in ("delete", "all"))
-        copy = self.passes.get("copy")
+        moved = any(found.done for found in self.since_rollback() if found.phase in (CONTRACT, ALL))
+        copy = self.passes.get(EXPAND)
         return self.copied and (moved or (copy.done and copy.catch_up and not self.catch_up_due))
 
     @property
     def contracted(self) -> bool:
         latest = self.latest
-        return latest is not None and latest.phase in ("delete", "all") and latest.done
+        return latest is not None and latest.phase in (CONTRACT, ALL) and latest.done
 
     @property
     def rolled_back(self) -> bool:
@@ -282,7 +283,7 @@ def mapping_table(conn) -> str:
 
 
 def orphan_workflows(conn) -> int:
-    """Workflows no process points at: the fold refuses them without --orphans delete."""
+    """Workflows no process points at: the fold refuses them without --orphan-workflows delete."""
     if not schema.table_exists(conn, "ponos_workflow"):
         return 0
     return conn.execute("SELECT count(*) FROM ponos_workflow w WHERE NOT EXISTS "
@@ -324,12 +325,14 @@ def _count_if_table(conn, table: str, where: str = "") -> Optional[int]:
 def bucket_facts(conn, bucket_pass: keys.BucketPass, runs: list[ledger.Run], database: DatabaseFacts) -> BucketFacts:
     roles = [role for role, held in (("artifacts", bucket_pass.artifacts), ("logs", bucket_pass.logs)) if held]
     facts = BucketFacts(bucket_pass.bucket, roles)
-    renames = [run for run in runs if run.job == "s3-rename" and bucket_pass.bucket in run.buckets]
+    # A run of the release before says copy/delete: the same phases as expand/contract.
+    renames = [replace(run, phase=canonical_phase(run.phase or ALL)) for run in runs
+               if run.job == "s3-rename" and bucket_pass.bucket in run.buckets]
     for phase in dict.fromkeys(run.phase or "all" for run in renames):  # newest first
         facts.passes[phase] = pass_of_phase([run for run in renames if (run.phase or "all") == phase],
                                             bucket_pass.bucket)
     facts.latest = facts.passes[renames[0].phase or "all"] if renames else None
-    copy = facts.passes.get("copy")
+    copy = facts.passes.get(EXPAND)
     if copy is not None and copy.checked_at and database.state in (EXPANDED, EXPANDING):
         facts.changed_since_check = changed_since(conn, copy.checked_at)
     return facts

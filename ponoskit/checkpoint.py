@@ -34,10 +34,13 @@ from .errors import ConfigError
 
 class Checkpoint:
     def __init__(self, path: Optional[str], identity: dict[str, Any],
-                 validate: Optional[Callable[[Any], Optional[str]]] = None):
+                 validate: Optional[Callable[[Any], Optional[str]]] = None,
+                 renamed: Optional[dict[str, dict[str, str]]] = None):
         self.path = Path(path) if path else None
         self.identity = identity
         self.validate = validate  # state -> None when well-formed, else what is wrong
+        # identity field -> {a word an earlier release wrote: the word for it now}
+        self.renamed = renamed or {}
         self.state: dict[str, Any] = {}
 
     def load(self) -> dict[str, Any]:
@@ -51,7 +54,7 @@ class Checkpoint:
             raise ConfigError(f"checkpoint {self.path} is not a checkpoint of this toolkit; delete it to start over")
         theirs = data["identity"]
         differs = [name for name in sorted(set(theirs) | set(self.identity))
-                   if not _same(name, theirs.get(name), self.identity.get(name))]
+                   if not _same(name, self._now_said(name, theirs.get(name)), self.identity.get(name))]
         if differs:
             shown = "; ".join(f"{name}: {theirs.get(name)!r} there, {self.identity.get(name)!r} here"
                               for name in differs)
@@ -64,6 +67,11 @@ class Checkpoint:
             raise ConfigError(f"checkpoint {self.path} is malformed ({problem}); delete it to start over")
         self.state = state
         return self.state
+
+    def _now_said(self, name: str, value: Any) -> Any:
+        """``value`` as this release says it (a word an earlier release wrote, renamed since)."""
+        words = self.renamed.get(name)
+        return words.get(value, value) if words and isinstance(value, str) else value
 
     def save(self, state: dict[str, Any]) -> None:
         self.state = state

@@ -16,7 +16,7 @@ from tests.fixtures.rename import state_of, tasks_of
 def test_a_catch_up_over_many_changed_tasks_pages_and_bounds_and_copies_everything(seeded, run, tmp_path,
                                                                                      monkeypatch):
     checkpoint = str(tmp_path / "copy.checkpoint")
-    code, report, err = run("--phase", "copy", "--checkpoint", checkpoint)
+    code, report, err = run("--phase", "expand", "--checkpoint", checkpoint)
     assert code == 0, err
     # The legacy release writes on: a new artifact for every finished task, after the copy.
     written = {}
@@ -32,13 +32,13 @@ def test_a_catch_up_over_many_changed_tasks_pages_and_bounds_and_copies_everythi
     monkeypatch.setattr(migrate.rename_check, "TASKS_PER_READ", 2)
     monkeypatch.setattr(migrate.rename_check, "MAX_IN_FLIGHT", 3)
 
-    code, report, err = run("--phase", "copy", "--checkpoint", checkpoint)
+    code, report, err = run("--phase", "expand", "--checkpoint", checkpoint)
 
     assert code == 0, err
     assert report["catch_up"] is True and report["counts"]["copied"] == len(written)
     artifacts, _ = state_of(seeded)
     assert all(artifacts[new] == artifacts[legacy] for legacy, new in written.items())
 
-    code, report, err = run("--phase", "copy", "--checkpoint", checkpoint)  # the second run changes nothing
+    code, report, err = run("--phase", "expand", "--checkpoint", checkpoint)  # the second run changes nothing
     assert code == 0, err
     assert not report["counts"].get("copied")

@@ -82,15 +82,15 @@ def test_the_forward_runbook_step_by_step(world):
     run_printed(found["next"]["command"], secret)
 
     found = step(world, "expanded", "s3-rename")
-    assert "--phase copy --checkpoint copy.checkpoint" in found["next"]["command"]
+    assert "--phase expand --checkpoint copy.checkpoint" in found["next"]["command"]
     assert found["database"]["next_step"] is None and "install_sync_triggers" in found["database"]["steps_done"]
     assert found["next"]["rollback"] == "ponos-migrate db-fold-workflow --rollback"
     status(world, "--expect", "copied", code=1)
     run_printed(found["next"]["command"], secret)
 
-    found = step(world, "copied", "--phase copy --checkpoint")
+    found = step(world, "copied", "--phase expand --checkpoint")
     status(world, "--expect", "copied")
-    assert all(b["passes"]["copy"]["exit_code"] == 0 for b in found["buckets"])
+    assert all(b["passes"]["expand"]["exit_code"] == 0 for b in found["buckets"])
     assert all(b["legacy"]["workflows_left"] > 0 for b in found["buckets"])  # the copy keeps the sources
     assert "s3-rename --artifacts-bucket" in found["next"]["rollback"] and "--rollback" in found["next"]["rollback"]
     with psycopg.connect(world["dsn"], autocommit=True) as conn:  # a legacy pod touches one of its tasks
@@ -100,9 +100,9 @@ def test_the_forward_runbook_step_by_step(world):
     assert all(b["catch_up_due"] and b["changed_since_check"] == 1 for b in found["buckets"])
     run_printed(found["next"]["command"], secret)
 
-    found = step(world, "caught-up", "--phase delete")
+    found = step(world, "caught-up", "--phase contract")
     assert not any(b["catch_up_due"] for b in found["buckets"])
-    assert all(b["passes"]["copy"]["catch_up"] for b in found["buckets"])
+    assert all(b["passes"]["expand"]["catch_up"] for b in found["buckets"])
     run_printed(found["next"]["command"], secret)
 
     found = step(world, "contracted-buckets", "db-fold-workflow --phase contract")
@@ -122,17 +122,17 @@ def test_the_forward_runbook_step_by_step(world):
     with psycopg.connect(world["dsn"]) as conn:  # every job left its row, and no secret
         rows = conn.execute(f"SELECT job, phase, exit_code, info::text FROM {ledger.TABLE} ORDER BY id").fetchall()
     assert [(job, phase, code) for job, phase, code, _ in rows] == [
-        ("db-fold-workflow", "expand", 0), ("s3-rename", "copy", 0), ("s3-rename", "copy", 0),
-        ("s3-rename", "delete", 0), ("db-fold-workflow", "contract", 0), ("verify", None, 0)]
+        ("db-fold-workflow", "expand", 0), ("s3-rename", "expand", 0), ("s3-rename", "expand", 0),
+        ("s3-rename", "contract", 0), ("db-fold-workflow", "contract", 0), ("verify", None, 0)]
     assert not any(secret in info for *_, info in rows)
 
 
 def test_the_rollback_runbook_step_by_step(world):
     secret = password_of(world["dsn"])
     run_printed(step(world, "legacy", "--phase expand")["next"]["command"], secret)
-    run_printed(step(world, "expanded", "--phase copy")["next"]["command"], secret)
+    run_printed(step(world, "expanded", "--phase expand")["next"]["command"], secret)
 
-    found = step(world, "copied", "--phase copy")
+    found = step(world, "copied", "--phase expand")
     run_printed(found["next"]["rollback"], secret)  # the way back, as printed
 
     found = step(world, "expanded", "db-fold-workflow --rollback")
@@ -143,7 +143,7 @@ def test_the_rollback_runbook_step_by_step(world):
     assert found["phase"] == "rolled-back" and found["next"]["command"] is None
     status(world, "--expect", "expanded", code=1)
     run_printed(found["next"]["note"].split("to start again: ")[1], secret)  # and forward again
-    found = step(world, "expanded", "--phase copy")
+    found = step(world, "expanded", "--phase expand")
     assert found["intent"] == "forward" and not any(b["copied"] for b in found["buckets"])
 
 
@@ -156,7 +156,7 @@ def test_what_blocks_the_next_step_is_said(world):
     assert any("failed index: ponos_task_process_id is INVALID" in b for b in found["next"]["blockers"])
     run_printed(found["next"]["command"], secret)  # the expand rebuilds it
 
-    found = step(world, "expanded", "--phase copy")
+    found = step(world, "expanded", "--phase expand")
     assert found["next"]["blockers"] == [] and found["database"]["invalid_indexes"] == []
     with psycopg.connect(world["dsn"], autocommit=True) as conn:  # a different object in a copy's way
         task, path = conn.execute("SELECT task_id::text, path FROM ponos_artifact WHERE path ~ '^[A-Za-z0-9_./-]+$' "
@@ -166,14 +166,14 @@ def test_what_blocks_the_next_step_is_said(world):
     argv = shlex.split(found["next"]["command"])[1:]
     assert CliRunner().invoke(migrate_main, argv).exit_code == 1  # the conflict is left
 
-    found = step(world, "expanded", "--phase copy")  # the same command again, once resolved
+    found = step(world, "expanded", "--phase expand")  # the same command again, once resolved
     assert any("1 conflicts" in b and world["buckets"]["artifacts"] in b for b in found["next"]["blockers"])
     world["ctx"].s3.delete_object(Bucket=world["buckets"]["artifacts"], Key=keys.artifact_key(task, path))
     run_printed(found["next"]["command"], secret)
 
     with psycopg.connect(world["dsn"], autocommit=True) as conn:  # a legacy pod still runs a task
         conn.execute("UPDATE ponos_task SET state = 'running' WHERE id = %s", (task,))
-    found = step(world, "copied", "--phase copy")
+    found = step(world, "copied", "--phase expand")
     assert any("legacy pods still writing: 1 task" in b for b in found["next"]["blockers"])
 
 

@@ -48,10 +48,12 @@ def _print_plan(plan: FoldPlan, database: str, batch_size: int, out) -> None:
 @click.option("--keep-workflow-table", is_flag=True,
               help=f"Rename ponos_workflow to {KEPT_WORKFLOW_TABLE} (with a process_id column) instead of "
                    "dropping it, for a rollback window.")
-@click.option("--orphans", type=click.Choice([ORPHANS_REFUSE, ORPHANS_DELETE]), default=ORPHANS_REFUSE,
-              show_default=True,
-              help="Workflows no process points at, and their tasks: refuse to fold (ids listed), or delete "
-                   "those tasks with their artifacts and parent links (S3 keys listed in the report).")
+@click.option("--orphan-workflows", "orphans", type=click.Choice([ORPHANS_REFUSE, ORPHANS_DELETE]), default=None,
+              help="Workflows no process points at, and their tasks: refuse to fold (ids listed; the default), "
+                   "or delete those tasks with their artifacts and parent links (S3 keys listed in the report).")
+@click.option("--orphans", "old_orphans", type=click.Choice([ORPHANS_REFUSE, ORPHANS_DELETE]), default=None,
+              hidden=True, help="The release before's name of --orphan-workflows (read for one more release; "
+                                "`ponos-maint cleanup --orphans` is the orphan objects' sweep).")
 @click.option("--phase", type=click.Choice(PHASES), default="all", show_default=True,
               help="expand: everything but the drop (both releases work on it, for a rolling deploy); contract: "
                    "verify and drop the legacy shape (after the deploy; no way back); all: both, in one go.")
@@ -69,7 +71,7 @@ def _print_plan(plan: FoldPlan, database: str, batch_size: int, out) -> None:
 @retry_deadline_option
 @run_options
 @run_job
-def command(dsn, batch_size, lock_timeout, lock_retries, keep_workflow_table, orphans, phase, rollback,
+def command(dsn, batch_size, lock_timeout, lock_retries, keep_workflow_table, orphans, old_orphans, phase, rollback,
             record_django_migration, max_replica_lag, pause_file, retry_deadline, dry_run, report_path, verbosity,
             quiet, log_format) -> None:
     """Fold workflows into processes, online: the application keeps running.
@@ -89,6 +91,7 @@ def command(dsn, batch_size, lock_timeout, lock_retries, keep_workflow_table, or
     if rollback and phase != "all":
         raise click.UsageError("--rollback undoes the expand: give it without --phase")
     report = job_report(JOB, dry_run=dry_run)
+    orphans = orphans or old_orphans or ORPHANS_REFUSE
     options = FoldOptions(batch_size=batch_size, keep_workflow_table=keep_workflow_table, orphans=orphans,
                           lock=LockPolicy(timeout=lock_timeout, attempts=lock_retries), phase=phase,
                           django_migration=django_migrations.parse(record_django_migration),

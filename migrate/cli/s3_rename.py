@@ -13,7 +13,19 @@ from ponoskit.s3.bill import parse_prices
 from ponoskit.shard import Shard
 
 from ..s3_mover import INSPECT_ALWAYS, INSPECT_AUTO
+from ..rename_options import OLD_PHASE_WORDS
 from ..s3_rename import ALL, PHASES, PROBLEMS, ROLLBACK, RenameOptions, rename
+
+
+class PhaseChoice(click.Choice):
+    """The phases; the words of the release before (copy, delete) are still read, for one release."""
+
+    def convert(self, value, param, ctx):
+        if value in OLD_PHASE_WORDS:
+            click.echo(f"Note: --phase {value} is now --phase {OLD_PHASE_WORDS[value]} (the database's word for "
+                       "the same step); the old word goes in the next release.", err=True)
+            value = OLD_PHASE_WORDS[value]
+        return super().convert(value, param, ctx)
 
 
 @click.command("s3-rename")
@@ -41,10 +53,10 @@ from ..s3_rename import ALL, PHASES, PROBLEMS, ROLLBACK, RenameOptions, rename
               help="Progress file: a killed run resumes from it. One per shard.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Handle the I-th of N disjoint key ranges (0-based), e.g. a Kubernetes Indexed Job.")
-@click.option("--phase", type=click.Choice(PHASES), default=ALL, show_default=True,
-              help="copy: copy every legacy object to its new key and keep it (both releases find it; run again "
-                   "to catch up); delete: move what is left and delete each source whose copy is the same; "
-                   "all: move everything now (copy + delete).")
+@click.option("--phase", type=PhaseChoice(PHASES), default=ALL, show_default=True,
+              help="expand: copy every legacy object to its new key and keep it (both releases find it; run again "
+                   "to catch up); contract: move what is left and delete each source whose copy is the same; "
+                   "all: move everything now (expand + contract). The database's words: the same runbook.")
 @click.option("--max-runtime", type=Duration(), default=None, metavar="DURATION",
               help="Stop cleanly at a page boundary after this long (8h, 30m), the checkpoint saved, exit 75: "
                    "run the same command again to go on (a huge bucket over several nights). Needs --checkpoint.")

@@ -47,10 +47,10 @@ def command(artifacts_bucket, logs_bucket, endpoint_url, profile, retry_deadline
       legacy              nothing folded (expanding: the expand under way;
                           rolled-back: a rollback took it all away again)
       expanded            db-fold-workflow --phase expand done: both releases can run
-      copied              s3-rename --phase copy passed in every bucket
-      caught-up           a later catch-up (--phase copy again) passed, no legacy task
+      copied              s3-rename --phase expand passed in every bucket
+      caught-up           a later catch-up (--phase expand again) passed, no legacy task
                           unfinished or written since its check
-      contracted-buckets  s3-rename --phase delete passed in every bucket
+      contracted-buckets  s3-rename --phase contract passed in every bucket
       contracted          db-fold-workflow --phase contract ran
 
     Prints the database's phase and steps, each bucket's last rename passes (from the run

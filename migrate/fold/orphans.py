@@ -1,4 +1,4 @@
-"""``--orphans delete``: delete the tasks of workflows no process points at, never silently.
+"""``--orphan-workflows delete``: delete the tasks of workflows no process points at, never silently.
 
 Each batch records the tasks it deletes, with their artifact paths, in an outbox table
 (:data:`OUTBOX`) in the same transaction as the DELETE: a SIGKILL between the commit and the

@@ -34,7 +34,7 @@ class OrphansFound(Refused):
         super().__init__(
             f"{len(orphans.workflows)} workflow(s) without a process, holding {len(orphans.task_ids)} task(s): "
             f"{shown}{f' and {more} more (see the report)' if more > 0 else ''}; nothing changed. "
-            "Fix them, or re-run with --orphans delete to delete those tasks (their S3 keys are listed in "
+            "Fix them, or re-run with --orphan-workflows delete to delete those tasks (their S3 keys are listed in "
             "the report).")
 
 
