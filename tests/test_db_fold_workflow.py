@@ -125,7 +125,7 @@ def test_orphan_tasks_deleted_on_request_with_their_s3_keys_reported(twins, tmp_
     orphans = make_orphans(ours)
     expected = legacy_expectations(ours)  # orphan tasks have no process, so they are not expected
 
-    result = fold(ours, "--orphans", "delete", "--batch-size", "1", "--report", str(tmp_path / "report.json"))
+    result = fold(ours, "--orphan-workflows", "delete", "--batch-size", "1", "--report", str(tmp_path / "report.json"))
 
     assert result.exit_code == 0, result.output
     assert_folded_as_expected(ours, expected)

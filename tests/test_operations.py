@@ -181,7 +181,7 @@ def test_max_runtime_without_a_checkpoint_is_bad_usage(seeded, run):
 
 # --- a dry run's bill ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("phase", ["all", "copy"])
+@pytest.mark.parametrize("phase", ["all", "expand"])
 def test_a_dry_run_tells_the_bill(seeded, run, phase):
     before = state_of(seeded)
     code, report, stderr = run("--dry-run", "--phase", phase)
@@ -193,7 +193,7 @@ def test_a_dry_run_tells_the_bill(seeded, run, phase):
     assert bill["requests"]["LIST"] >= 2
     sizes = sum(info["size"] for info in [*before[0].values(), *before[1].values()])
     assert 0 < bill["bytes_copied"] <= sizes
-    if phase == "copy":
+    if phase == "expand":
         assert "DELETE" not in bill["requests"] and bill["storage_doubled_bytes"] == bill["bytes_copied"]
     else:
         assert bill["requests"]["DELETE"] >= 1 and bill["storage_doubled_bytes"] == 0

@@ -126,13 +126,13 @@ def forward_runbook(book, checkpoint: str, seeds: tuple[int, int] = (1, 2)) -> N
     book.start(LEGACY, seeds[0])
     book.step("legacy only")
     book.step("expand the database", book.fold("--phase", "expand"))
-    book.step("copy the buckets", book.rename("--phase", "copy", "--checkpoint", checkpoint), window=True)
+    book.step("copy the buckets", book.rename("--phase", "expand", "--checkpoint", checkpoint), window=True)
     book.start(NEW, seeds[1])
     book.step("both releases", until=book.ledger.each_read_the_other)
     book.stop(LEGACY)
     book.step("legacy stops")
-    book.step("the last catch-up", book.rename("--phase", "copy", "--checkpoint", checkpoint))
-    book.step("contract the buckets", book.rename("--phase", "delete"))
+    book.step("the last catch-up", book.rename("--phase", "expand", "--checkpoint", checkpoint))
+    book.step("contract the buckets", book.rename("--phase", "contract"))
     book.step("contract the database", book.fold("--phase", "contract"))
 
 
@@ -140,7 +140,7 @@ def rollback_runbook(book, checkpoint: Optional[str] = None, seeds: tuple[int, i
     book.start(LEGACY, seeds[0])
     book.step("legacy only")
     book.step("expand the database", book.fold("--phase", "expand"))
-    book.step("copy the buckets", book.rename("--phase", "copy", *(("--checkpoint", checkpoint) if checkpoint else ())),
+    book.step("copy the buckets", book.rename("--phase", "expand", *(("--checkpoint", checkpoint) if checkpoint else ())),
               window=True)
     book.start(NEW, seeds[1])
     book.step("both releases", until=book.ledger.each_read_the_other)
