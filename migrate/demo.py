@@ -46,7 +46,8 @@ TABLES = ("ponos_workflow", "process_process", "ponos_task", "ponos_artifact", "
 
 
 @dataclass
-class Step:
+class StepDone:
+    """What one step of the demo did (the fold's Step, in migrate/fold/step.py, is a step to run)."""
     name: str
     ok: bool
     summary: str
@@ -90,7 +91,7 @@ def record_run(name: str, dsn: str, report: Report, ok: bool) -> None:
 
 
 def run_step(name: str, settings: S3Settings, dsn: str, body: Callable[[Context], Optional[JobResult]],
-             summary: Callable[[Report], str], echo: Callable[[str], None]) -> Step:
+             summary: Callable[[Report], str], echo: Callable[[str], None]) -> StepDone:
     report = Report(name)
     echo(f"    {status_line(dsn, settings)}")
     echo(f"==> {name}")
@@ -104,7 +105,7 @@ def run_step(name: str, settings: S3Settings, dsn: str, body: Callable[[Context]
     text = summary(report) + (f"; error: {report.errors[0]}" if report.errors else "")
     seconds = report.to_dict()["seconds"]
     echo(f"    {'ok' if ok else 'FAILED'} in {seconds:.1f}s: {text}")
-    return Step(name, ok, text, seconds)
+    return StepDone(name, ok, text, seconds)
 
 
 def _counts(report: Report, *names: str) -> str:
