@@ -14,8 +14,8 @@ from typing import Callable, Optional
 
 import click
 
-from ponoskit.cli import (Duration, bucket_options, console_entry, dsn_option, expert_option, init_logging,
-                          on_sigterm, prices_option, progress, remember_report, run_job, run_options, s3_options)
+from ponoskit.cli import (bucket_options, console_entry, dsn_option, expert_option, init_logging, on_sigterm,
+                          parse_duration, prices_option, progress, remember_report, run_job, run_options, s3_options)
 from ponoskit.connections import S3Settings, redact
 from ponoskit.context import Context
 from ponoskit.errors import ConfigError, FlushError
@@ -82,7 +82,7 @@ def common_options(f):
     f = expert_option("--allow-future-before", envvar="PONOS_ALLOW_FUTURE_BEFORE", is_flag=True,
                      help="Accept a --before in the future: what expires before then counts as expired "
                           "already (tests, rehearsals).")(f)
-    f = click.option("--max-runtime", type=Duration(), default=None, metavar="DURATION",
+    f = click.option("--max-runtime", default=None, metavar="DURATION",
                      help="Stop cleanly between batches after this long (600, 10m, 1h); "
                           "keep it below the schedule period so runs never pile up.")(f)
     f = click.option("--max-rps", type=click.FloatRange(0, min_open=True), default=None, metavar="N",
@@ -120,7 +120,7 @@ def main() -> None:
               help="Tasks per transaction.")
 @click.option("--orphans", "with_orphans", is_flag=True,
               help="After the cleanup, sweep objects whose task no longer exists (see `orphans`).")
-@click.option("--grace", type=Duration(), default="7d", show_default=True, metavar="DURATION",
+@click.option("--grace", default="7d", show_default=True, metavar="DURATION",
               help="With --orphans: only objects last modified longer ago than this.")
 @click.option("--retry-set-aside", is_flag=True,
               help="Retry the outbox targets set aside after repeated S3 refusals (once their cause is fixed).")
@@ -154,7 +154,9 @@ def cleanup(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_b
     init_logging(verbosity, quiet, log_format)
     artifacts, logs = _buckets(artifacts_bucket, logs_bucket)
     moment = parse_before(before, allow_future=allow_future_before)
-    seconds, grace_period = max_runtime, timedelta(seconds=grace)
+    # Read here, not by click: a bad value is the one-line error of every ConfigError (exit 2).
+    seconds = parse_duration("--max-runtime", max_runtime)
+    grace_period = timedelta(seconds=parse_duration("--grace", grace))
     price_list = parse_prices(prices)
     stop = threading.Event()
     ctx = _context("cleanup", dsn, endpoint_url, profile, s3_max_attempts, retry_deadline, dry_run, max_rps)
@@ -174,7 +176,7 @@ def cleanup(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_b
 
 @main.command()
 @common_options
-@click.option("--grace", type=Duration(), default="7d", show_default=True, metavar="DURATION",
+@click.option("--grace", default="7d", show_default=True, metavar="DURATION",
               help="Only objects last modified longer ago than this (before --before).")
 @run_job
 def orphans(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_bucket, dry_run, report_path,
@@ -192,7 +194,9 @@ def orphans(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_b
     init_logging(verbosity, quiet, log_format)
     artifacts, logs = _buckets(artifacts_bucket, logs_bucket)
     moment = parse_before(before, allow_future=allow_future_before)
-    seconds, grace_period = max_runtime, timedelta(seconds=grace)
+    # Read here, not by click: a bad value is the one-line error of every ConfigError (exit 2).
+    seconds = parse_duration("--max-runtime", max_runtime)
+    grace_period = timedelta(seconds=parse_duration("--grace", grace))
     price_list = parse_prices(prices)
     stop = threading.Event()
     ctx = _context("orphans", dsn, endpoint_url, profile, s3_max_attempts, retry_deadline, dry_run, max_rps)
