@@ -6,13 +6,21 @@ NoSuchKey. An empty marker is therefore written anew at its new key with PutObje
 what the source had (Content-Type, metadata, storage class, encryption). PutObject honours
 ``If-None-Match: *`` on every server tried (AWS, SeaweedFS, moto, Ceph RGW), so a marker
 never overwrites. A marker holding bytes goes through CopyObject, byte for byte.
+
+SeaweedFS also answers 412 where no object is but a folder is: the keys inside it moved first
+made ``<task>/dir/`` a folder, which a listing does not show as a key. The marker is then
+written without the condition: there is no object to overwrite, and without it the new
+layout would lack the marker the legacy one had.
 """
 
 from __future__ import annotations
 
 from urllib.parse import quote
 
+from botocore.exceptions import ClientError
+
 from .copy import SourceFacts
+from .errors import error_code
 
 
 def is_empty_marker(key: str, size: int) -> bool:
@@ -30,7 +38,19 @@ def put_marker(client, bucket: str, source: str, destination: str, facts: Source
         tags = _call(retrier, "GetObjectTagging", client.get_object_tagging, Bucket=bucket, Key=source,
                      **version)["TagSet"]
         params["Tagging"] = "&".join(f"{quote(t['Key'], safe='')}={quote(t['Value'], safe='')}" for t in tags)
-    _call(retrier, "PutObject", client.put_object, **params)
+    try:
+        _call(retrier, "PutObject", client.put_object, **params)
+    except ClientError as exc:
+        if error_code(exc) not in ("PreconditionFailed", "412") or _listed(client, bucket, destination, retrier):
+            raise
+        params.pop("IfNoneMatch")
+        _call(retrier, "PutObject", client.put_object, **params)
+
+
+def _listed(client, bucket: str, key: str, retrier) -> bool:
+    """Whether a listing shows ``key`` itself: an object, not a folder alone."""
+    found = _call(retrier, "ListObjectsV2", client.list_objects_v2, Bucket=bucket, Prefix=key, MaxKeys=1)
+    return any(entry["Key"] == key for entry in found.get("Contents", []))
 
 
 def _call(retrier, what, fn, **params):
