@@ -177,7 +177,7 @@ class Purger:
         self.acks = OutboxAcks(ctx.report)
         self._slots = _InFlight(max(max_in_flight, 2 * group_size))
         self._pool = ThreadPoolExecutor(listing_threads, thread_name_prefix="purge-list")
-        self._buffers: dict[str, object] = {}  # this purger's delete buffers, closed with it
+        self._buffers: dict[tuple[str, int], object] = {}  # (bucket, shard) -> its delete buffer, closed with it
         ctx.s3  # noqa: B018 - the client is built here, in the caller's thread, before workers share it
 
     @property
@@ -275,16 +275,15 @@ class Purger:
         work.expect(deletes.submit(ObjectRef(obj.key)), lambda: self._count_deleted(bucket, obj, listed))
 
     def _delete_buffer(self, bucket: str, shard: int):
-        name = f"purge:{bucket}:{shard}"
-        found = self._buffers.get(name)
+        found = self._buffers.get((bucket, shard))  # once per object: no name built here
         if found is None:
             with self._slots.lock:
-                found = self._buffers.get(name)
+                found = self._buffers.get((bucket, shard))
                 if found is None:
                     # One batch queued behind the one in flight: enough to keep S3 busy, and
                     # what bounds memory (listings block once their shard's queue is full).
-                    found = self._buffers[name] = delete_buffer(
-                        self.ctx, bucket, name=name, interval=0.1, max_pending=2 * MAX_KEYS_PER_REQUEST,
+                    found = self._buffers[bucket, shard] = delete_buffer(
+                        self.ctx, bucket, name=f"purge:{bucket}:{shard}", interval=0.1, max_pending=2 * MAX_KEYS_PER_REQUEST,
                         halted=lambda: self.broken)
         return found
 

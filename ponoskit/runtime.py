@@ -24,7 +24,7 @@ from typing import Optional
 import psycopg
 
 from .connections import redact
-from .errors import AlreadyRunning, ConfigError, OutOfTime, PonosError, ServiceUnreachable, TransientError
+from .errors import AlreadyRunning, ConfigError, OutOfTime, PonosError, TransientError
 from .s3.errors import Kind as S3Kind
 from .s3.errors import kind_of as s3_kind_of
 
@@ -110,8 +110,6 @@ def pg_connection_lost(exc: BaseException) -> Optional[BaseException]:
                 (isinstance(error, psycopg.OperationalError) and error.sqlstate is None)
                 or (error.sqlstate or "").startswith(_PG_LOST_CLASSES)):
             return error
-        if isinstance(error, ServiceUnreachable) and "PostgreSQL" in str(error):
-            return error
         todo += [error.__cause__, error.__context__, *getattr(error, "errors", ())]
     return None
 
@@ -142,7 +140,7 @@ def database_error(exc: psycopg.Error, during: str) -> PonosError:
     message = redact(one_line(exc))
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return ConfigError(f"{during}: missing privilege: {message}")
-    if pg_is_transient(exc) and not isinstance(exc, psycopg.errors.QueryCanceled):
+    if pg_is_transient(exc):  # a cancelled statement (57014) is not: it is a failure
         return TransientError(f"{during}: database unavailable ({message}); what committed stays, "
                               "run again to resume")
     return DatabaseFailed(f"{during} failed: {message}; what committed stays, run again to resume")

@@ -17,21 +17,13 @@ from tests.helpers import list_keys
 SENTINEL = b"not a copy of the source"
 
 
-@pytest.fixture
-def runner_args(seeded, s3_env, tmp_path):
-    def run(*extra):
-        return rename(s3_env, "--artifacts-bucket", seeded["artifacts"], "--logs-bucket", seeded["logs"],
-                      "--dsn", seeded["dsn"], *extra, tmp_path=tmp_path)
-    return run
-
-
-def test_rename_moves_every_legacy_key_and_second_run_changes_nothing(seeded, runner_args):
+def test_rename_moves_every_legacy_key_and_second_run_changes_nothing(seeded, run):
     s3 = seeded["ctx"].s3
     artifacts_before, logs_before = list_keys(s3, seeded["artifacts"]), list_keys(s3, seeded["logs"])
     moves = expected_moves(seeded["dsn"], artifacts_before, logs_before)
     assert moves["artifacts"] and moves["logs"]
 
-    code, report, _ = runner_args()
+    code, report, _ = run()
     assert code == 0, report
     artifacts_after, logs_after = list_keys(s3, seeded["artifacts"]), list_keys(s3, seeded["logs"])
     assert_moved(artifacts_before, artifacts_after, moves["artifacts"])
@@ -41,7 +33,7 @@ def test_rename_moves_every_legacy_key_and_second_run_changes_nothing(seeded, ru
     assert sorted(report["items"]["unrecognized"]) == sorted(
         k for k in artifacts_before if k in ("README", "tmp/scratch.txt", "tmp/", "backup-2021/notes.md"))
 
-    code, again, _ = runner_args()
+    code, again, _ = run()
     assert code == 0
     assert again["counts"].get("moved", 0) == 0 and again["counts"].get("already_moved", 0) == 0
     assert again["counts"]["new_layout"] == len(moves["artifacts"]) + len(moves["logs"])
@@ -49,14 +41,14 @@ def test_rename_moves_every_legacy_key_and_second_run_changes_nothing(seeded, ru
     assert list_keys(s3, seeded["logs"]) == logs_after
 
 
-def test_content_type_and_metadata_survive(seeded, runner_args):
+def test_content_type_and_metadata_survive(seeded, run):
     s3 = seeded["ctx"].s3
     with psycopg.connect(seeded["dsn"]) as conn:
         rows = conn.execute("SELECT t.workflow_id, t.id, a.path, a.content_type FROM ponos_artifact a "
                             "JOIN ponos_task t ON t.id = a.task_id ORDER BY a.id LIMIT 10").fetchall()
     before = {(task, path): s3.get_object(Bucket=seeded["artifacts"], Key=f"{wf}/{task}/{path}")
               for wf, task, path, _ in rows}
-    assert runner_args()[0] == 0
+    assert run()[0] == 0
     for wf, task, path, content_type in rows:
         moved = s3.get_object(Bucket=seeded["artifacts"], Key=f"{task}/{path}")
         assert moved["ContentType"] == content_type == before[(task, path)]["ContentType"]
@@ -89,25 +81,25 @@ def _a_task(dsn):
                             "JOIN ponos_task t ON t.id = a.task_id ORDER BY a.id LIMIT 2").fetchall()
 
 
-def test_new_layout_key_under_uuid_folder_is_never_moved(seeded, runner_args):
+def test_new_layout_key_under_uuid_folder_is_never_moved(seeded, run):
     s3, bucket = seeded["ctx"].s3, seeded["artifacts"]
     (_, task, _), (_, other_task, _) = _a_task(seeded["dsn"])
     # Shaped like <workflow>/<task>/<path> but its first UUID is a task: new layout.
     tricky = f"{task}/{other_task}/model.bin"
     s3.put_object(Bucket=bucket, Key=tricky, Body=b"weights")
-    assert runner_args()[0] == 0
+    assert run()[0] == 0
     assert s3.get_object(Bucket=bucket, Key=tricky)["Body"].read() == b"weights"
     assert not any(key.startswith(f"{other_task}/model.bin") for key in list_keys(s3, bucket))
 
 
-def test_half_done_move_is_completed_and_conflict_is_kept(seeded, runner_args):
+def test_half_done_move_is_completed_and_conflict_is_kept(seeded, run):
     s3, bucket = seeded["ctx"].s3, seeded["artifacts"]
     (wf1, task1, path1), (wf2, task2, path2) = _a_task(seeded["dsn"])
     half_done_source, conflict_source = f"{wf1}/{task1}/{path1}", f"{wf2}/{task2}/{path2}"
     s3.copy_object(Bucket=bucket, Key=f"{task1}/{path1}", CopySource={"Bucket": bucket, "Key": half_done_source})
     s3.put_object(Bucket=bucket, Key=f"{task2}/{path2}", Body=SENTINEL)
 
-    code, report, stderr = runner_args()
+    code, report, stderr = run()
     assert code == 1
     assert report["counts"]["already_moved"] == 1
     assert [c["key"] for c in report["items"]["conflicts"]] == [conflict_source]
@@ -117,20 +109,20 @@ def test_half_done_move_is_completed_and_conflict_is_kept(seeded, runner_args):
     assert s3.get_object(Bucket=bucket, Key=f"{task2}/{path2}")["Body"].read() == SENTINEL  # never overwritten
 
     # Still a conflict on the next run, and nothing else changes.
-    code, again, _ = runner_args()
+    code, again, _ = run()
     assert code == 1 and [c["key"] for c in again["items"]["conflicts"]] == [conflict_source]
     assert again["counts"].get("moved", 0) == 0
     assert list_keys(s3, bucket) == keys_after
 
 
-def test_multipart_copy_above_threshold(seeded, runner_args):
+def test_multipart_copy_above_threshold(seeded, run):
     s3, bucket = seeded["ctx"].s3, seeded["artifacts"]
     (wf, task, _), _ = _a_task(seeded["dsn"])
     body = os.urandom(11 * 1024 ** 2 + 123)
     source = f"{wf}/{task}/big/model weights.bin"
     s3.put_object(Bucket=bucket, Key=source, Body=body, ContentType="application/x-big",
                   Metadata={"origin": "test"})
-    code, report, _ = runner_args("--multipart-threshold", "1MiB", "--part-size", "5MiB")
+    code, report, _ = run("--multipart-threshold", "1MiB", "--part-size", "5MiB")
     assert code == 0, report
     moved = s3.get_object(Bucket=bucket, Key=f"{task}/big/model weights.bin")
     assert moved["ContentType"] == "application/x-big" and moved["Metadata"] == {"origin": "test"}
@@ -138,21 +130,21 @@ def test_multipart_copy_above_threshold(seeded, runner_args):
     assert moved["Body"].read() == body
     assert source not in list_keys(s3, bucket)
     # A re-run must see the multipart copy as the finished move, not a conflict.
-    assert runner_args("--multipart-threshold", "1MiB")[0] == 0
+    assert run("--multipart-threshold", "1MiB")[0] == 0
 
 
-def test_dry_run_changes_nothing_and_predicts_the_run(seeded, runner_args):
+def test_dry_run_changes_nothing_and_predicts_the_run(seeded, run):
     s3 = seeded["ctx"].s3
     before = (list_keys(s3, seeded["artifacts"]), list_keys(s3, seeded["logs"]))
-    code, planned, _ = runner_args("--dry-run")
+    code, planned, _ = run("--dry-run")
     assert code == 0
     assert (list_keys(s3, seeded["artifacts"]), list_keys(s3, seeded["logs"])) == before
-    code, done, _ = runner_args()
+    code, done, _ = run()
     assert code == 0
     assert planned["counts"]["would_move"] == done["counts"]["moved"] > 0
 
 
-def test_no_db_moves_logs_and_reports_undecided_artifacts(seeded, runner_args, s3_env, tmp_path):
+def test_no_db_moves_logs_and_reports_undecided_artifacts(seeded, run, s3_env, tmp_path):
     s3 = seeded["ctx"].s3
     artifacts_before, logs_before = list_keys(s3, seeded["artifacts"]), list_keys(s3, seeded["logs"])
     moves = expected_moves(seeded["dsn"], artifacts_before, logs_before)
@@ -164,7 +156,7 @@ def test_no_db_moves_logs_and_reports_undecided_artifacts(seeded, runner_args, s
     assert_moved(logs_before, list_keys(s3, seeded["logs"]), moves["logs"])
 
 
-def test_failed_deletes_are_reported_and_completed_on_rerun(seeded, runner_args, monkeypatch):
+def test_failed_deletes_are_reported_and_completed_on_rerun(seeded, run, monkeypatch):
     from ponoskit.s3 import delete
 
     real = delete.delete_objects
@@ -177,14 +169,14 @@ def test_failed_deletes_are_reported_and_completed_on_rerun(seeded, runner_args,
         return [next(refused) if "#" in k else next(done) for k in keys]
 
     monkeypatch.setattr(delete, "delete_objects", refuse_some)
-    code, report, _ = runner_args()
+    code, report, _ = run()
     assert code == 1
     failed = [f["key"] for f in report["items"]["failed"]]
     assert failed and all("#" in key for key in failed)
     assert all(key in list_keys(seeded["ctx"].s3, seeded["artifacts"]) for key in failed)
 
     monkeypatch.setattr(delete, "delete_objects", real)
-    code, again, _ = runner_args()
+    code, again, _ = run()
     assert code == 0 and again["counts"]["already_moved"] == len(failed)
     assert not set(failed) & set(list_keys(seeded["ctx"].s3, seeded["artifacts"]))
 
@@ -221,11 +213,11 @@ def test_bad_input_is_one_line_and_changes_nothing(seeded, s3_env, tmp_path, arg
     assert (list_keys(s3, seeded["artifacts"]), list_keys(s3, seeded["logs"])) == before
 
 
-def test_checkpoint_of_another_run_is_refused(seeded, runner_args, tmp_path):
+def test_checkpoint_of_another_run_is_refused(seeded, run, tmp_path):
     checkpoint = tmp_path / "ck.json"
-    assert runner_args("--checkpoint", str(checkpoint), "--dry-run")[0] == 0
+    assert run("--checkpoint", str(checkpoint), "--dry-run")[0] == 0
     checkpoint.write_text(json.dumps({"identity": {"job": "s3-rename", "buckets": ["other"]}, "state": {}}))
-    code, _, stderr = runner_args("--checkpoint", str(checkpoint))
+    code, _, stderr = run("--checkpoint", str(checkpoint))
     assert code == 2 and "another run" in stderr
 
 
