@@ -10,6 +10,7 @@ the configuration) with secrets redacted.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 import boto3
+import botocore.loaders
 import botocore.session
 import psycopg
 from botocore.config import Config
@@ -113,12 +115,18 @@ class S3Settings:
     read_timeout: int = 120  # per socket read, not per request: a long copy streams its answer
 
 
+@functools.lru_cache(maxsize=None)
+def _data_loader(data_path: Optional[str]) -> botocore.loaders.Loader:
+    """botocore's data loader (the S3 service model, endpoints, retry rules), one per process:
+    each new session would parse the same JSON again, 0.1 s of CPU each (a job's context, its
+    report and a probe each make a session; the tests make thousands)."""
+    return botocore.loaders.create_loader(data_path)
+
+
 def s3_session(settings: S3Settings) -> boto3.session.Session:
     from .s3.lean_parse import LeanParserFactory
     core = botocore.session.get_session()
-    # Listings and DeleteObjects answers parsed by ElementTree (a third of botocore's CPU);
-    # timestamps stay the strings S3 sent: dateutil parsing every LastModified of a listing
-    # cost the jobs half of their own CPU (ponoskit.s3.listing.timestamp parses on demand).
+    core.register_component("data_loader", _data_loader(core.get_config_variable("data_path")))
     factory = LeanParserFactory()
     factory.set_parser_defaults(timestamp_parser=_unparsed)
     core.register_component("response_parser_factory", factory)
