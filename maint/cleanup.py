@@ -35,6 +35,7 @@ import psycopg
 from ponoskit import tasks
 from ponoskit.budget import RuntimeBudget, why_stop
 from ponoskit.runtime import JobResult, database_error
+from ponoskit.s3.bill import RequestCounter, merged
 from ponoskit.s3.errors import S3PermissionError, one_line
 
 from . import billing, fold_leftovers, outbox, preflight
@@ -127,7 +128,7 @@ def run_cleanup(ctx, opts: CleanupOptions) -> JobResult:
                            artifacts_bucket=opts.artifacts_bucket, logs_bucket=opts.logs_bucket,
                            max_tasks=opts.max_tasks, list_prefixes=opts.list_prefixes)
     budget = RuntimeBudget(opts.max_runtime, clock=opts.clock)
-    with billing.RequestCounter(ctx.s3) as requests:
+    with RequestCounter(ctx.s3) as requests:
         try:
             return ctx.resuming("the cleanup", lambda: _locked_run(ctx, opts, budget, requests))
         finally:
@@ -349,7 +350,7 @@ def delete_batch(ctx, purger: Purger, opts: CleanupOptions, params: dict, after,
     return []
 
 
-def plan(ctx, opts: CleanupOptions, params: dict, requests: billing.RequestCounter) -> JobResult:
+def plan(ctx, opts: CleanupOptions, params: dict, requests: RequestCounter) -> JobResult:
     """The dry run: count what a real run would delete, in the database and in S3, and the
     S3 requests it would make (the same listings are made; deletes are estimated)."""
     with ctx.report.phase("plan"):
@@ -372,7 +373,7 @@ def plan(ctx, opts: CleanupOptions, params: dict, requests: billing.RequestCount
                 deletes += _counted(purger, opts.targets(ctx.db, ids), dense=dense)
     finally:
         purger.close()
-    bill = billing.merged(requests.sent(),
+    bill = merged(requests.sent(),
                           billing.canary_requests(len({opts.artifacts_bucket, opts.logs_bucket})))
     bill.add("DELETE", deletes)
     total = billing.record(ctx.report, "bill", bill, opts.prices)

@@ -76,9 +76,9 @@ def common_options(f):
     f = expert_option("--s3-max-attempts", envvar="PONOS_S3_MAX_ATTEMPTS", type=click.IntRange(1, 100), default=10, show_default=True,
                      help="Attempts per S3 request (botocore retries with backoff) before the run "
                           "gives up on S3; lower it to fail fast.")(f)
-    f = click.option("--before", default=None, metavar="TIMESTAMP",
-                     help="ISO 8601 timestamp used instead of now (UTC when it has no offset); "
-                          "a moment in the future is refused (exit 2) without --allow-future-before.")(f)
+    f = expert_option("--before", envvar="PONOS_BEFORE", default=None, metavar="TIMESTAMP",
+                      help="ISO 8601 timestamp used instead of now (UTC when it has no offset); "
+                           "a moment in the future is refused (exit 2) without --allow-future-before.")(f)
     f = expert_option("--allow-future-before", envvar="PONOS_ALLOW_FUTURE_BEFORE", is_flag=True,
                      help="Accept a --before in the future: what expires before then counts as expired "
                           "already (tests, rehearsals).")(f)
@@ -127,29 +127,29 @@ def main() -> None:
 @click.option("--max-tasks", type=click.IntRange(1), default=None, metavar="N",
               help="Delete at most N tasks this run (the first runs on a large backlog); if due tasks are "
                    "left, the report says how many and the exit code is 1.")
-@click.option("--list-prefixes", is_flag=True,
-              help="List each task's artifacts prefix and delete what it holds, objects without a row "
-                   "included (one LIST per task or group of tasks), instead of deleting the keys its rows "
-                   "name (no listing).")
+@expert_option("--list-prefixes", envvar="PONOS_LIST_PREFIXES", is_flag=True,
+               help="List each task's artifacts prefix and delete what it holds, objects without a row "
+                    "included (one LIST per task or group of tasks), instead of deleting the keys its rows "
+                    "name (no listing).")
 @run_job
 def cleanup(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_bucket, dry_run, report_path,
             verbosity, quiet, log_format, s3_max_attempts, before, allow_future_before, max_runtime, max_rps,
             prices, batch_size, with_orphans, grace, retry_set_aside, max_tasks, list_prefixes):
     """Delete the tasks of expired processes with their rows and their S3 files.
 
-    A process is expired when it has tasks and all of them expired before --before (default
-    now). Its tasks go with their artifact rows and parent links; a GPU is released; the
+    A process is expired when it has tasks and all of them expired before now (PONOS_BEFORE
+    in a rehearsal). Its tasks go with their artifact rows and parent links; a GPU is released; the
     process, its worker runs and activities stay. A process with an unfinished task is left
     alone and reported. S3 objects go after the commit; what S3 could not delete waits in the
     ponos_cleanup_outbox table and goes first on the next run.
 
     The S3 files deleted are the keys the database names (each artifact row's key and the
     task's log), without listing the bucket. An object under a task's prefix without a row is
-    left to the orphan sweep (`ponos-maint orphans`, or --orphans), or use --list-prefixes.
+    left to the orphan sweep (`ponos-maint orphans`, or --orphans), or PONOS_LIST_PREFIXES.
     The S3 files of the tasks `ponos-migrate db-fold-workflow --orphan-workflows delete` deleted (at
     their legacy keys) are deleted too. Before any change the run checks it may list and
     delete in both buckets (a canary under .ponos-toolkit-canary/); a dry run only lists,
-    and reports the S3 requests the real run would make with their estimated cost (--prices).
+    and reports the S3 requests the real run would make with their estimated cost.
     """
     init_logging(verbosity, quiet, log_format)
     artifacts, logs = _buckets(artifacts_bucket, logs_bucket)
@@ -189,7 +189,7 @@ def orphans(dsn, endpoint_url, profile, retry_deadline, artifacts_bucket, logs_b
     A key whose task exists is never touched, nor an unrecognized key. Only objects older
     than --grace are deleted. Before any change the run checks it may list and delete in the
     buckets (a canary); a dry run only lists, and reports the S3 requests the real run would
-    make with their estimated cost (--prices). Run it with --dry-run first.
+    make with their estimated cost. Run it with --dry-run first.
     """
     init_logging(verbosity, quiet, log_format)
     artifacts, logs = _buckets(artifacts_bucket, logs_bucket)

@@ -26,6 +26,7 @@ from ponoskit import keys, tasks
 from ponoskit.budget import RuntimeBudget, why_stop
 from ponoskit.runtime import JobResult, database_error
 from ponoskit.errors import FlushError, PonosError, TransientError
+from ponoskit.s3.bill import RequestCounter, merged
 from ponoskit.s3.delete import delete_buffer
 from ponoskit.s3.listing import iter_pages, iter_top_level, timestamp
 
@@ -47,11 +48,11 @@ class OrphanOptions:
 
 
 def run_orphans(ctx, opts: OrphanOptions) -> JobResult:
-    with billing.RequestCounter(ctx.s3) as requests:
+    with RequestCounter(ctx.s3) as requests:
         return _sweep(ctx, opts, requests)
 
 
-def _sweep(ctx, opts: OrphanOptions, requests: billing.RequestCounter) -> JobResult:
+def _sweep(ctx, opts: OrphanOptions, requests: RequestCounter) -> JobResult:
     budget = RuntimeBudget(opts.max_runtime)
     cutoff = opts.before - opts.grace
     ctx.report.info.update(orphans_modified_before=cutoff.isoformat(),
@@ -89,7 +90,7 @@ def _sweep(ctx, opts: OrphanOptions, requests: billing.RequestCounter) -> JobRes
                 reasons.append(f"{len(err.errors)} orphan object(s) could not be deleted")
     c = ctx.report.counts
     if ctx.dry_run:
-        bill = billing.merged(requests.sent(), billing.canary_requests(len(passes)))
+        bill = merged(requests.sent(), billing.canary_requests(len(passes)))
         # The delete buffers send 1,000 keys a request (more often when the sweep is slow).
         bill.add("DELETE", billing.delete_requests({"all": c["orphan_objects"] - found_before}))
         total = billing.record(ctx.report, "bill", bill, opts.prices)

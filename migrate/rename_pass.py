@@ -13,7 +13,6 @@ from typing import Iterable, Optional
 
 from ponoskit import keys
 from ponoskit.bloom import UUIDBloomFilter
-from ponoskit.s3.bill import Bill
 from ponoskit.s3.listing import ObjectInfo, iter_pages
 from ponoskit.tasks import UNFINISHED_STATES, legacy_places, task_states_of_keys
 
@@ -28,7 +27,7 @@ LISTED_KEYS_LIMIT = 1000
 MAX_IN_FLIGHT = 4000
 
 
-def scan_destinations(context, bucket: str, bill: Optional[Bill] = None) -> UUIDBloomFilter:
+def scan_destinations(context, bucket: str) -> UUIDBloomFilter:
     """Tasks that may already have objects at new keys (``<task>/...`` or ``<task>.log``).
 
     A full listing, not a delimiter listing: some servers leave out of a delimiter listing a
@@ -37,8 +36,6 @@ def scan_destinations(context, bucket: str, bill: Optional[Bill] = None) -> UUID
     present = UUIDBloomFilter()
     with context.bar(f"scan s3://{bucket}", unit="key") as bar:
         for page in iter_pages(context.s3, bucket, retrier=context.retrier):
-            if bill is not None:
-                bill.add("LIST")
             for obj in page:
                 task_id = keys.listing_group(obj.key)
                 if keys.is_uuid(task_id):
@@ -89,7 +86,7 @@ def move_range(context, bucket_pass: keys.BucketPass, options: RenameOptions, mo
                     decided &= record_left_alone(report, found)
             report.count("scanned", len(page))
             if mover.options.bill is not None:
-                mover.options.bill.add("LIST", 2)  # this page, and the final check's listing of it
+                mover.options.bill.add("LIST")  # the final check's listing of this page (a dry run skips it)
             mark.add(resume_point(page), futures, decided)
             mark.settle(MAX_IN_FLIGHT, lambda result: record(report, result))
             bar.update(len(page))

@@ -406,15 +406,17 @@ class ObjectMover:
         return MoveResult(MoveOutcome.WOULD_MOVE, source.key, new_key)
 
     def _bill(self, source: ObjectInfo, facts: Optional[SourceFacts], check_destination: bool) -> None:
-        """--dry-run: the requests the real move of ``source`` makes (see _try_move)."""
+        """--dry-run: the requests the real move of ``source`` makes beyond the HEADs the dry run
+        sent itself (counted as they went out): see _try_move and _delete_step."""
         bill = self.options.bill
         if bill is None:
             return
         size = facts.size if facts else source.size
         large = size > self.options.multipart_threshold
-        heads = int(self._needs_inspection(source)) + int(self._heads_destination(check_destination, size))
-        if heads:
-            bill.add("HEAD", heads)
+        withheld_heads = int(self._heads_destination(check_destination, size) and not check_destination)
+        withheld_heads += int(self.options.mode.delete_after_copy and self.unguarded_delete)
+        if withheld_heads:
+            bill.add("HEAD", withheld_heads)
         doubled = 0 if self.options.mode.delete_after_copy else size
         if large:
             bill.add("COPY", len(part_ranges(size, self.options.part_size)), copied=size,

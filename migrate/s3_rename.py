@@ -21,13 +21,14 @@ Runbook, per bucket (the artifacts bucket, then the logs bucket; once when they 
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 from ponoskit import keys
 from ponoskit.bloom import UUIDBloomFilter
 from ponoskit.errors import OutOfTime
 from ponoskit.runtime import JobResult
-from ponoskit.s3.bill import Bill
+from ponoskit.s3.bill import Bill, RequestCounter, merged
 from ponoskit.s3.capabilities import BucketCapabilities
 from ponoskit.s3.delete import MAX_KEYS_PER_REQUEST
 
@@ -51,28 +52,32 @@ def rename(context, options: RenameOptions) -> JobResult:
     report.info.update(buckets=[p.bucket for p in passes], shard=str(options.shard),
                        use_db=context.use_db, workers=options.workers, phase=options.phase,
                        multipart_threshold=options.multipart_threshold)
-    with report.phase("preflight"):
-        checkpoint, state, capabilities = preflight(context, passes, options)
-    run = RenameRun(context, options, checkpoint, state)
-    catch_up = start_run(context, state, passes, options)
-    try:
-        for bucket_pass in passes:
-            bucket = BucketRun(run, bucket_pass, capabilities[bucket_pass.bucket])
-            if not (bucket.catch_up() if catch_up else bucket.go()):
-                break  # --max-runtime: the moves in flight are settled and the mark saved
-        run.stop_if_out_of_time(passes)
-    finally:
-        report.info["s3"] = context.limiter.stats()
+    # A dry run's bill counts what it sends, the preflight's canaries included (ponoskit.s3.bill).
+    with RequestCounter(context.s3) if context.dry_run else contextlib.nullcontext() as sent:
+        with report.phase("preflight"):
+            checkpoint, state, capabilities = preflight(context, passes, options)
+        run = RenameRun(context, options, checkpoint, state, sent)
+        catch_up = start_run(context, state, passes, options)
+        try:
+            for bucket_pass in passes:
+                bucket = BucketRun(run, bucket_pass, capabilities[bucket_pass.bucket])
+                if not (bucket.catch_up() if catch_up else bucket.go()):
+                    break  # --max-runtime: the moves in flight are settled and the mark saved
+            run.stop_if_out_of_time(passes)
+        finally:
+            report.info["s3"] = context.limiter.stats()
     run.report_bill()
     return JobResult.finished([f"{report.counts[name]} {name}" for name in PROBLEMS if report.counts[name]])
 
 
 class RenameRun:
     """What the buckets of one run share: the context, the options, the checkpoint's state
-    (saved about once a second, and at once between buckets) and a dry run's bill."""
+    (saved about once a second, and at once between buckets) and a dry run's bill: the requests
+    it sends (``sent``) and those it withholds (``bill``: copies, deletes, the final check)."""
 
-    def __init__(self, context, options: RenameOptions, checkpoint, state: dict):
-        self.context, self.options, self.state = context, options, state
+    def __init__(self, context, options: RenameOptions, checkpoint, state: dict,
+                 sent: Optional[RequestCounter] = None):
+        self.context, self.options, self.state, self.sent = context, options, state, sent
         self.bill = Bill() if context.dry_run else None  # the movers fill it (MoverOptions.bill)
         self._saver = None
         if options.checkpoint and not context.dry_run:
@@ -94,10 +99,15 @@ class RenameRun:
             raise OutOfTime(f"stopped after --max-runtime {self.options.budget} with the checkpoint saved: "
                             "not done, run the same command again to resume")
 
+    def not_billed(self):
+        """Around what a dry run sends that the real run would not."""
+        return self.sent.paused() if self.sent is not None else contextlib.nullcontext()
+
     def report_bill(self) -> None:
         if self.bill is not None:
-            self.context.report.info["bill"] = self.bill.to_dict(self.options.prices)
-            self.context.log.info("s3-rename (dry run) would make %s", self.bill.summary(self.options.prices))
+            total = merged(self.sent.sent() if self.sent is not None else None, self.bill)
+            self.context.report.info["bill"] = total.to_dict(self.options.prices)
+            self.context.log.info("s3-rename (dry run) would make %s", total.summary(self.options.prices))
 
 
 class BucketRun:
@@ -144,9 +154,10 @@ class BucketRun:
         context = self.run.context
         if self.caps.conditional_copy and not context.dry_run:
             return None
-        with context.report.phase("scan_destinations", bucket=self.bucket_pass.bucket) as phase:
-            present = scan_destinations(context, self.bucket_pass.bucket,
-                                        self.run.bill if not self.caps.conditional_copy else None)
+        # Where the server refuses overwrites, only the dry run scans (to tell a half-done move).
+        not_sent = self.run.not_billed() if self.caps.conditional_copy else contextlib.nullcontext()
+        with context.report.phase("scan_destinations", bucket=self.bucket_pass.bucket) as phase, not_sent:
+            present = scan_destinations(context, self.bucket_pass.bucket)
             phase["tasks_with_new_keys"] = present.added
         return present
 

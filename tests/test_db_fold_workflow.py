@@ -485,6 +485,7 @@ class Application(threading.Thread):
                    (task, run, slug, owner, uuid.uuid4().hex))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [False, True], ids=["drop", "keep-workflow-table"])
 def test_the_application_keeps_reading_and_writing_during_the_fold(twins, keep):
     naive, ours = twins(processes=400, unstarted_processes=400, tasks_per_process=(5, 15), seed=12)

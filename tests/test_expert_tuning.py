@@ -44,8 +44,8 @@ def test_every_hidden_option_is_an_environment_variable_the_readme_names(program
 
 def test_the_everyday_help_of_the_five_jobs_stays_short():
     visible = {name: len(_options(_command(group, name), hidden=False)) for _, group, name in EVERYDAY_COMMANDS}
-    assert sum(visible.values()) <= 75, visible  # was 102 before the expert tuning moved out
-    assert max(visible.values()) <= 19, visible
+    assert sum(visible.values()) <= 71, visible  # was 102 before the expert tuning moved out
+    assert max(visible.values()) <= 18, visible
 
 
 def test_an_expert_setting_set_in_the_environment_is_read(monkeypatch):

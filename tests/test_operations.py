@@ -122,6 +122,7 @@ def test_a_slow_rename_logs_progress_lines_as_json(seeded, run, fault_proxy):
     assert progress[-1]["counts"].get("scanned", 0) <= report["counts"]["scanned"]
 
 
+@pytest.mark.slow
 def test_the_metrics_file_says_running_while_a_rename_runs(seeded, fault_proxy, s3_env, tmp_path):
     fault_proxy.add("slow", operations=("ListObjectsV2",), seconds=0.5)
     metrics = tmp_path / "rename.prom"

@@ -20,7 +20,8 @@ from ponos_dev import local, seed
 from tests.fixtures.rename import cli_command
 
 REPO = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.s3_servers("seaweedfs")  # a database fault: one S3 server is enough
+pytestmark = [pytest.mark.s3_servers("seaweedfs"),  # a database fault: one S3 server is enough
+              pytest.mark.slow]  # a private PostgreSQL, restarted
 
 
 def _restart(datadir: Path) -> None:

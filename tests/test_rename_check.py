@@ -12,6 +12,7 @@ from ponoskit import keys
 from tests.fixtures.rename import state_of, tasks_of
 
 
+@pytest.mark.slow
 @pytest.mark.s3_servers("seaweedfs", "moto")  # moto: a server that copies over existing keys
 def test_a_catch_up_over_many_changed_tasks_pages_and_bounds_and_copies_everything(seeded, run, tmp_path,
                                                                                      monkeypatch):

@@ -147,6 +147,7 @@ def test_the_configuration_of_a_real_bucket_is_read_whatever_its_keys(direct, ma
         assert caps.default_encryption is None, caps.notes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("body", [listing_body("x"), listing_body("ctl\x01key")], ids=["listing", "unparsable"])
 def test_the_rename_runs_where_get_bucket_encryption_answers_a_listing(seeded, run, fault_proxy, body):
     fault_proxy.add("answer", operations=("GetBucketEncryption",), status=200, body=body)

@@ -49,6 +49,7 @@ def test_a_key_xml_cannot_carry_is_moved_and_strands_nothing(seeded, run):
 
 # --- never overwrite ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_key_written_at_the_new_key_after_the_run_began_is_never_overwritten(seeded, run, fault_proxy, s3_env):
     """A task still running when the new release is deployed writes <task>.log during the rename."""
     workflow, task, task_run = tasks_of(seeded["dsn"], unfinished=False)[0]
@@ -376,6 +377,7 @@ def test_a_malformed_checkpoint_is_exit_2_without_a_traceback(seeded, run, tmp_p
     assert state_of(seeded) == before
 
 
+@pytest.mark.slow
 def test_a_finished_checkpoint_skips_nothing_written_since(seeded, run, tmp_path):
     checkpoint = tmp_path / "rename.checkpoint"
     assert run("--checkpoint", str(checkpoint))[0] == 0

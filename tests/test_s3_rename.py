@@ -194,6 +194,7 @@ def test_failed_deletes_are_reported_and_completed_on_rerun(seeded, run, monkeyp
     (["--artifacts-bucket", "{bucket}", "--dsn", "postgresql://ponos:s3cr3t-pw@127.0.0.1:1/x"], "cannot connect", 75),
 ], ids=["no-bucket", "missing-bucket", "shard", "size", "report-folder", "checkpoint-folder", "metrics-folder",
         "report-is-folder", "db-unreachable"])
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_changes_nothing(seeded, s3_env, tmp_path, args, message, exit_code):
     s3 = seeded["ctx"].s3
     before = list_keys(s3, seeded["artifacts"]), list_keys(s3, seeded["logs"])

@@ -75,6 +75,7 @@ def password_of(dsn: str) -> str:
     return psycopg.conninfo.conninfo_to_dict(dsn).get("password") or "no-password-in-this-dsn"
 
 
+@pytest.mark.slow
 def test_the_forward_runbook_step_by_step(world):
     secret = password_of(world["dsn"])
     found = step(world, "legacy", "db-fold-workflow --phase expand")
@@ -127,6 +128,7 @@ def test_the_forward_runbook_step_by_step(world):
     assert not any(secret in info for *_, info in rows)
 
 
+@pytest.mark.slow
 def test_the_rollback_runbook_step_by_step(world):
     secret = password_of(world["dsn"])
     run_printed(step(world, "legacy", "--phase expand")["next"]["command"], secret)
@@ -147,6 +149,7 @@ def test_the_rollback_runbook_step_by_step(world):
     assert found["intent"] == "forward" and not any(b["copied"] for b in found["buckets"])
 
 
+@pytest.mark.slow
 def test_what_blocks_the_next_step_is_said(world):
     secret = password_of(world["dsn"])
     with psycopg.connect(world["dsn"], autocommit=True) as conn:  # a killed CREATE INDEX CONCURRENTLY

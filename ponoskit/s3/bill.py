@@ -1,21 +1,34 @@
 """What a run's S3 requests cost: counted by type, priced per 1,000 requests.
 
-A dry run fills a :class:`Bill` with the requests the real run would make, so an operator
-sees the bill before paying it. Prices default to AWS S3 Standard's us-east-1 list prices
+A dry run's bill is made one way for every job: the requests the dry run sends are counted as
+they go out (:class:`RequestCounter`, botocore's retries included: S3 bills them), and the job
+adds by hand only what the real run would send and the dry run withholds (the copies, the
+DeleteObjects batches, the canaries). An operator sees the bill before paying it. Prices default to AWS S3 Standard's us-east-1 list prices
 and are overridden with ``--prices LIST=0.005,HEAD=0.0004`` (USD per 1,000 requests; storage
 in USD per GB-month). DeleteObjects is counted as DELETE: AWS does not charge deletes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterator, Optional
 
 from ponoskit.errors import ConfigError
 
 REQUEST_TYPES = ("LIST", "COPY", "PUT", "HEAD", "GET", "DELETE")
+# S3 operation -> the price tier AWS bills it in. What is not named here is billed as GET
+# ("GET and all other requests"); DeleteObjects is a DELETE (not charged).
+OPERATION_TYPES = {
+    "ListObjectsV2": "LIST", "ListObjects": "LIST", "ListObjectVersions": "LIST",
+    "ListMultipartUploads": "LIST", "ListParts": "LIST",
+    "DeleteObjects": "DELETE", "DeleteObject": "DELETE",
+    "PutObject": "PUT", "CreateMultipartUpload": "PUT", "UploadPart": "PUT", "CompleteMultipartUpload": "PUT",
+    "CopyObject": "COPY", "UploadPartCopy": "COPY",
+    "HeadObject": "HEAD", "HeadBucket": "HEAD",
+}
 # USD per 1,000 requests (S3 Standard, us-east-1); STORAGE is USD per GB-month.
 DEFAULT_PRICES = {"LIST": 0.005, "COPY": 0.005, "PUT": 0.005, "HEAD": 0.0004, "GET": 0.0004,
                   "DELETE": 0.0, "STORAGE": 0.023}
@@ -76,3 +89,55 @@ class Bill:
             line += (f"; {self.storage_doubled_bytes / 2**30:.2f} GiB stored twice until the delete phase "
                      f"(about ${bill['estimated_usd']['storage_per_month']:.2f} per month)")
         return line
+
+
+def merged(*bills: Optional[Bill]) -> Bill:
+    total = Bill()
+    for bill in bills:
+        if bill is not None:
+            total.requests.update(bill.requests)
+            total.bytes_copied += bill.bytes_copied
+            total.storage_doubled_bytes += bill.storage_doubled_bytes
+    return total
+
+
+class RequestCounter:
+    """Counts the requests one boto3 client sends, by type (thread-safe), while it is entered:
+    the botocore hook is registered on enter and removed on exit, so nothing outlives the job."""
+
+    def __init__(self, client):
+        self.bill = Bill()
+        self._client = client
+        self._lock = threading.Lock()
+        self._paused = False
+        self._hook_id = f"ponos-request-counter-{id(self)}"
+
+    def __enter__(self) -> "RequestCounter":
+        self._client.meta.events.register("before-send.s3", self._sent, unique_id=self._hook_id)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._client.meta.events.unregister("before-send.s3", unique_id=self._hook_id)
+
+    def _sent(self, event_name: str = "", **_) -> None:
+        kind = OPERATION_TYPES.get(event_name.rsplit(".", 1)[-1], "GET")
+        with self._lock:
+            if not self._paused:
+                self.bill.add(kind)
+        return None  # a before-send handler that returns something replaces the response
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Requests a dry run sends that the real run would not (not billed)."""
+        with self._lock:
+            self._paused = True
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._paused = False
+
+    def sent(self) -> Bill:
+        """The requests sent since it was entered (a copy)."""
+        with self._lock:
+            return merged(self.bill)

@@ -10,6 +10,7 @@ import pytest
 from tests.fixtures.cleanup import one_error_line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [(), ("--list-prefixes",)])
 def test_dry_run_bills_the_requests_the_real_run_makes(folded, run_cli, mode):
     code, output, dry = run_cli("cleanup", "--dry-run", *folded.cli_args("--prices", "LIST=1,DELETE=0.5", *mode))

@@ -159,6 +159,7 @@ def test_dense_batch_lists_by_shared_prefix_and_deletes_exactly_its_targets(
 
 # --- --max-rps ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.s3_servers("seaweedfs")
 @pytest.mark.parametrize("command", ["cleanup", "orphans"])
 def test_max_rps_keeps_the_request_rate_under_the_ceiling(folded, run_cli, fault_proxy, command):
