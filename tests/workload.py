@@ -97,7 +97,9 @@ class Ledger:
         return lines
 
     def total(self, metric: str, *, steps=None, release=None) -> int:
-        return sum(n for (s, r, m), n in self.counts.items()
+        with self._lock:  # the workers count meanwhile
+            counted = list(self.counts.items())
+        return sum(n for (s, r, m), n in counted
                    if m == metric and (steps is None or s in steps) and (release is None or r == release))
 
     def each_read_the_other(self) -> bool:
@@ -148,7 +150,15 @@ def rollback_runbook(book, checkpoint: Optional[str] = None, seeds: tuple[int, i
     book.step("new release stops")
     book.step("roll the buckets back", book.rename("--rollback"))
     book.step("roll the database back", book.fold("--rollback"))
-    book.step("legacy only again")
+
+    def legacy_reads_the_new_releases_objects() -> bool:
+        """The legacy release, rolled back to, has read an object the new release wrote."""
+        return bool(book.ledger.total("other_objects_read", release=LEGACY,
+                                      steps=["roll the database back", "legacy only again"]))
+
+    # Reads pick tasks at random: on a loaded machine a few seconds may pick none of the new
+    # release's few tasks, so the step lasts until one is read (or fails, saying so).
+    book.step("legacy only again", until=legacy_reads_the_new_releases_objects)
 
 
 class Worker(threading.Thread):
