@@ -129,6 +129,7 @@ def test_two_legacy_keys_for_one_new_key_in_two_shards_at_once(bigger, s3_env, t
     assert len(conflict_keys(report)) == 2
 
 
+@pytest.mark.slow
 def test_folder_markers_move_like_any_key(seeded, s3_env, tmp_path, s3_implementation):
     s3 = seeded["ctx"].s3
     workflow, task, _ = tasks_of(seeded["dsn"], unfinished=False)[3]

@@ -28,6 +28,7 @@ def direct_client(s3_env):
 
 # --- keys XML cannot carry ----------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_key_xml_cannot_carry_is_moved_and_strands_nothing(seeded, run):
     s3 = seeded["ctx"].s3
     workflow, task, _ = tasks_of(seeded["dsn"], unfinished=False)[0]
@@ -107,6 +108,7 @@ def _multipart_put(s3, bucket, key, body, part=5 * 1024 ** 2):
     ("same", "1MiB", "conflicts"),        # too big to read, nothing else proves it: never a delete
     ("different", "64MiB", "conflicts"),  # same size, other bytes
 ], ids=["same-read", "same-too-big", "different"])
+@pytest.mark.slow
 def test_a_half_done_move_is_finished_only_when_the_content_is_proven_the_same(seeded, run, destination_bytes,
                                                                               read_limit, outcome):
     s3 = seeded["ctx"].s3
@@ -132,6 +134,7 @@ def test_a_half_done_move_is_finished_only_when_the_content_is_proven_the_same(s
 
 # --- a source rewritten between its copy and its delete ---------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("versioned", [False, True], ids=["unversioned", "versioned"])
 def test_a_source_rewritten_between_copy_and_delete_is_never_lost(legacy_dsn, context_factory, make_bucket, s3_env,
                                                                    tmp_path, fault_proxy, versioned):
@@ -184,6 +187,7 @@ def test_a_source_rewritten_between_copy_and_delete_is_never_lost(legacy_dsn, co
 
 # --- storage classes, tags, headers, encryption ---------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size, threshold", [(2048, "1GiB"), (6 * 1024 ** 2 + 5, "5MiB")], ids=["copy", "multipart"])
 def test_storage_class_tags_headers_and_metadata_survive(seeded, run, size, threshold):
     s3 = seeded["ctx"].s3
@@ -364,6 +368,7 @@ def test_a_checkpoint_of_another_endpoint_is_refused(seeded, run, tmp_path, faul
     {"b": "not an object"}, {"b": {"after": 12}}, {"b": {"after": None, "complete": "yes"}},
     {"b": {"after": None, "started_at": "yesterday"}}, ["a", "list"],
 ], ids=["entry", "after", "complete", "started", "list"])
+@pytest.mark.slow
 def test_a_malformed_checkpoint_is_exit_2_without_a_traceback(seeded, run, tmp_path, state):
     checkpoint = tmp_path / "rename.checkpoint"
     assert run("--checkpoint", str(checkpoint))[0] == 0

@@ -115,6 +115,7 @@ def test_half_done_move_is_completed_and_conflict_is_kept(seeded, run):
     assert list_keys(s3, bucket) == keys_after
 
 
+@pytest.mark.slow
 def test_multipart_copy_above_threshold(seeded, run):
     s3, bucket = seeded["ctx"].s3, seeded["artifacts"]
     (wf, task, _), _ = _a_task(seeded["dsn"])
@@ -156,6 +157,7 @@ def test_no_db_moves_logs_and_reports_undecided_artifacts(seeded, run, s3_env, t
     assert_moved(logs_before, list_keys(s3, seeded["logs"]), moves["logs"])
 
 
+@pytest.mark.slow
 def test_failed_deletes_are_reported_and_completed_on_rerun(seeded, run, monkeypatch):
     from ponoskit.s3 import delete
 

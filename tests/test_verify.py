@@ -7,6 +7,7 @@ import time
 import uuid
 
 import psycopg
+import pytest
 
 from ponoskit.keys import is_uuid
 from tests.helpers import list_keys
@@ -90,6 +91,7 @@ def test_verify_bad_input(seeded, s3_env, tmp_path):
     assert code == 2 and "does not exist" in stderr
 
 
+@pytest.mark.slow
 def test_verify_writes_prometheus_metrics(seeded, s3_env, tmp_path):
     metrics = tmp_path / "verify.prom"
     code, report, _ = run_verify(s3_env, tmp_path, "--artifacts-bucket", seeded["artifacts"],

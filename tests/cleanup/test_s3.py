@@ -30,6 +30,7 @@ def _due_task_with_artifacts(folded) -> str:
 MODES = {"keys": (), "prefixes": ("--list-prefixes",)}  # the keys rows name, or each task's prefix listed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
 def test_a_key_xml_cannot_carry_never_strands_the_others_of_its_batch(folded, run_cli, mode):
     task = _due_task_with_artifacts(folded)
@@ -48,6 +49,7 @@ def test_a_key_xml_cannot_carry_never_strands_the_others_of_its_batch(folded, ru
         len(v) for v in folded.listing().values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", list(MODES))
 def test_a_key_s3_keeps_refusing_is_retried_then_set_aside_and_never_stalls_the_rest(folded, run_cli, fault_proxy,
                                                                                     mode):
