@@ -373,8 +373,7 @@ def plan(ctx, opts: CleanupOptions, params: dict, requests: RequestCounter) -> J
                 deletes += _counted(purger, opts.targets(ctx.db, ids), dense=dense)
     finally:
         purger.close()
-    bill = merged(requests.sent(),
-                          billing.canary_requests(len({opts.artifacts_bucket, opts.logs_bucket})))
+    bill = merged(requests.sent(), billing.canary_requests(len({opts.artifacts_bucket, opts.logs_bucket})))
     bill.add("DELETE", deletes)
     total = billing.record(ctx.report, "bill", bill, opts.prices)
     ctx.log.info("a real run: %s", total.summary(opts.prices))

@@ -127,6 +127,9 @@ def s3_session(settings: S3Settings) -> boto3.session.Session:
     from .s3.lean_parse import LeanParserFactory
     core = botocore.session.get_session()
     core.register_component("data_loader", _data_loader(core.get_config_variable("data_path")))
+    # Listings and DeleteObjects answers parsed by ElementTree (a third of botocore's CPU);
+    # timestamps stay the strings S3 sent: dateutil parsing every LastModified of a listing
+    # cost the jobs half of their own CPU (ponoskit.s3.listing.timestamp parses on demand).
     factory = LeanParserFactory()
     factory.set_parser_defaults(timestamp_parser=_unparsed)
     core.register_component("response_parser_factory", factory)

@@ -283,13 +283,22 @@ def _drop_bucket(s3, name: str) -> None:
 
 
 @pytest.fixture
-def seeded(legacy_dsn, context_factory, make_bucket):
+def make_seeded(make_database, context_factory, make_bucket):
+    """Realistic legacy datasets on demand: a legacy database holding ``spec``'s rows, their
+    objects in two buckets (artifacts, logs), and a context on both."""
+    def make(spec: seed.SeedSpec) -> dict:
+        dsn = make_database("legacy")
+        ctx = context_factory(dsn)
+        artifacts, logs = make_bucket("artifacts"), make_bucket("logs")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            summary = seed.seed_database(conn, spec)
+            counts = seed.seed_s3(ctx, conn, artifacts_bucket=artifacts, logs_bucket=logs, seed=spec.seed)
+        return {"dsn": dsn, "artifacts": artifacts, "logs": logs, "summary": summary, "counts": counts,
+                "ctx": ctx}
+    return make
+
+
+@pytest.fixture
+def seeded(make_seeded):
     """A small realistic legacy dataset in PostgreSQL and S3 (separate buckets)."""
-    ctx = context_factory(legacy_dsn, use_db=True)
-    artifacts, logs = make_bucket("artifacts"), make_bucket("logs")
-    spec = seed.SeedSpec(processes=12, seed=7)
-    with psycopg.connect(legacy_dsn, autocommit=True) as conn:
-        summary = seed.seed_database(conn, spec)
-        counts = seed.seed_s3(ctx, conn, artifacts_bucket=artifacts, logs_bucket=logs, seed=spec.seed)
-    return {"dsn": legacy_dsn, "artifacts": artifacts, "logs": logs, "summary": summary,
-            "counts": counts, "ctx": ctx}
+    return make_seeded(seed.SeedSpec(processes=12, seed=7))

@@ -29,16 +29,13 @@ BAD_PATHS = {
 
 
 @pytest.fixture
-def world(make_database, context_factory, make_bucket):
+def world(make_seeded):
     """A small seeded database (legacy, or folded) and its buckets, and how to snapshot both."""
     def build(shape: str):
-        dsn = make_database("legacy")
-        ctx = context_factory(dsn)
-        artifacts, logs = make_bucket("artifacts"), make_bucket("logs")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            seed.seed_database(conn, seed.SeedSpec(processes=5, seed=4))
-            seed.seed_s3(ctx, conn, artifacts_bucket=artifacts, logs_bucket=logs, seed=4)
-            if shape == "folded":
+        seeded = make_seeded(seed.SeedSpec(processes=5, seed=4))
+        dsn, ctx, artifacts, logs = seeded["dsn"], seeded["ctx"], seeded["artifacts"], seeded["logs"]
+        if shape == "folded":
+            with psycopg.connect(dsn, autocommit=True) as conn:
                 naive_fold(conn)
 
         def snapshot():

@@ -3,9 +3,10 @@
 A dry run's bill is made one way for every job: the requests the dry run sends are counted as
 they go out (:class:`RequestCounter`, botocore's retries included: S3 bills them), and the job
 adds by hand only what the real run would send and the dry run withholds (the copies, the
-DeleteObjects batches, the canaries). An operator sees the bill before paying it. Prices default to AWS S3 Standard's us-east-1 list prices
-and are overridden with ``--prices LIST=0.005,HEAD=0.0004`` (USD per 1,000 requests; storage
-in USD per GB-month). DeleteObjects is counted as DELETE: AWS does not charge deletes.
+DeleteObjects batches, the canaries). An operator sees the bill before paying it. Prices
+default to AWS S3 Standard's us-east-1 list prices and are overridden with
+``--prices LIST=0.005,HEAD=0.0004`` (USD per 1,000 requests; storage in USD per GB-month).
+DeleteObjects is counted as DELETE: AWS does not charge deletes.
 """
 
 from __future__ import annotations

@@ -28,16 +28,11 @@ def test_the_table_is_the_one_the_fold_writes():
     assert fold_leftovers.TABLE == fold_orphans.OUTBOX  # maint names it on its own (it never imports migrate)
 
 
-def test_after_a_real_fold_the_cleanup_deletes_exactly_the_deleted_tasks_legacy_objects(
-        make_database, context_factory, make_bucket, run_cli):
-    dsn = make_database("legacy")
-    ctx = context_factory(dsn)
-    artifacts, logs = make_bucket("artifacts"), make_bucket("logs")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        seed.seed_database(conn, seed.SeedSpec(processes=20, seed=3))
-        seed.seed_s3(ctx, conn, artifacts_bucket=artifacts, logs_bucket=logs, seed=3)
+def test_after_a_real_fold_the_cleanup_deletes_exactly_the_deleted_tasks_legacy_objects(make_seeded, run_cli):
+    world = make_seeded(seed.SeedSpec(processes=20, seed=3))
+    dsn, ctx, artifacts, logs = world["dsn"], world["ctx"], world["artifacts"], world["logs"]
     orphans = make_orphans(dsn)
-    result = CliRunner().invoke(migrate_main, ["db-fold-workflow", "--dsn", dsn, "--orphans", "delete"],
+    result = CliRunner().invoke(migrate_main, ["db-fold-workflow", "--dsn", dsn, "--orphan-workflows", "delete"],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     before = {"artifacts": set(list_keys(ctx.s3, artifacts)), "logs": set(list_keys(ctx.s3, logs))}
